@@ -1,0 +1,145 @@
+"""Collections of documents and the chunks retrieval searches."""
+
+from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.db import models
+from django.db.models.functions import Coalesce
+from pgvector.django import HnswIndex, VectorField
+
+# One embedding model per installation: an HNSW index needs one fixed dimension.
+# all-MiniLM-L6-v2 (the default model) gives 384; `manage.py reembed` changes it.
+EMBEDDING_DIMENSIONS = 384
+
+# PostgreSQL text-search configurations a collection may use. Chinese has no configuration:
+# its text is segmented into words before indexing (see ragapp.retrieval.segmentation), and
+# the segmented words pass through any of these unchanged.
+SEARCH_LANGUAGES = [
+    ("english", "English (stemming)"),
+    ("simple", "Simple (no stemming; Chinese and mixed text)"),
+    ("french", "French"),
+    ("german", "German"),
+    ("spanish", "Spanish"),
+    ("italian", "Italian"),
+    ("portuguese", "Portuguese"),
+    ("dutch", "Dutch"),
+    ("russian", "Russian"),
+]
+
+
+def search_vector_expression():
+    """to_tsvector over the indexed text, with the row's own language as a constant config.
+
+    A generated column must be immutable, so the language is matched against constants
+    instead of being cast from the column (a text -> regconfig cast is only stable).
+    """
+    indexed_text = Coalesce("search_text", "text")
+    return models.Case(
+        *[
+            models.When(language=language, then=SearchVector(indexed_text, config=language))
+            for language, _ in SEARCH_LANGUAGES
+        ],
+        default=SearchVector(indexed_text, config="simple"),
+        output_field=SearchVectorField(),
+    )
+
+
+class Collection(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(max_length=200, unique=True)
+    language = models.CharField(
+        max_length=20, choices=SEARCH_LANGUAGES, default="english",
+        help_text="Text-search language for full-text retrieval.",
+    )
+    reranking_enabled = models.BooleanField(default=True)
+    readers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="readable_collections")
+    reader_groups = models.ManyToManyField("auth.Group", blank=True, related_name="readable_collections")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Document(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        PARSING = "parsing"
+        CHUNKING = "chunking"
+        EMBEDDING = "embedding"
+        READY = "ready"
+        FAILED = "failed"
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
+    title = models.CharField(max_length=500)
+    file = models.FileField(upload_to="documents/%Y/%m/", max_length=500)
+    original_filename = models.CharField(max_length=500)
+    content_type = models.CharField(max_length=100, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="Percent done.")
+    error = models.TextField(blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    ingested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "sha256"], name="document_unique_content_per_collection"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Chunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    # Copied from the document so retrieval filters without a join.
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="+")
+    language = models.CharField(max_length=20, choices=SEARCH_LANGUAGES)
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    # The text with Chinese segmented into space-separated words; null when identical to text.
+    search_text = models.TextField(null=True, blank=True)
+    page = models.PositiveIntegerField(null=True, blank=True)
+    heading_path = models.JSONField(default=list, blank=True)
+    char_start = models.PositiveIntegerField()
+    char_end = models.PositiveIntegerField()
+    token_count = models.PositiveIntegerField()
+    embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS)
+    search_vector = models.GeneratedField(
+        expression=search_vector_expression(), output_field=SearchVectorField(), db_persist=True,
+    )
+
+    class Meta:
+        ordering = ["document", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal"),
+        ]
+        indexes = [
+            HnswIndex(
+                name="chunk_embedding_hnsw", fields=["embedding"],
+                m=16, ef_construction=64, opclasses=["vector_cosine_ops"],
+            ),
+            GinIndex(name="chunk_search_vector_gin", fields=["search_vector"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document} #{self.ordinal}"
+
+
+class EmbeddingSpace(models.Model):
+    """The embedding model whose vectors the chunk table holds (a single row)."""
+
+    model_name = models.CharField(max_length=500)
+    dimensions = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.model_name} ({self.dimensions} dimensions)"
