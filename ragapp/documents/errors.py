@@ -31,3 +31,12 @@ class EncryptedFile(DocumentError):
 
 class TextEncodingError(DocumentError):
     pass
+
+
+def file_too_large(size_bytes: int, limit_bytes: int) -> FileTooLarge:
+    """Return the error for a file over the upload limit, with both sizes in MB."""
+    megabyte = 1024 * 1024
+    return FileTooLarge(
+        f"The file is {size_bytes / megabyte:.1f} MB, over the {limit_bytes / megabyte:.0f} MB limit. "
+        "Split it into smaller files, or raise MAX_UPLOAD_MB."
+    )

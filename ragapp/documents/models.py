@@ -74,8 +74,10 @@ class Document(models.Model):
 
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=500)
-    file = models.FileField(upload_to="documents/%Y/%m/", max_length=500)
+    file = models.FileField(upload_to="documents/%Y/%m/", max_length=500, blank=True)
     original_filename = models.CharField(max_length=500)
+    # An identifier from the source the document came from (e.g. a BEIR corpus id); blank for uploads.
+    external_id = models.CharField(max_length=200, blank=True, db_index=True)
     content_type = models.CharField(max_length=100, blank=True)
     size_bytes = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64)

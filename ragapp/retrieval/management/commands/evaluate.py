@@ -1,0 +1,126 @@
+"""manage.py evaluate --dataset DIR --split NAME: score retrieval modes on a BEIR-format dataset."""
+
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from ragapp.documents.embedding import embedding_model_label
+from ragapp.documents.models import SEARCH_LANGUAGES
+from ragapp.retrieval import evaluation
+
+COLUMNS = (  # (heading, metric name or ModeResult attribute, format)
+    ("nDCG@10", "nDCG@10", "{:.4f}"),
+    ("Recall@10", "R@10", "{:.4f}"),
+    ("Recall@100", "R@100", "{:.4f}"),
+    ("MRR@10", "RR@10", "{:.4f}"),
+    ("queries", "queries", "{:d}"),
+    ("ms/query", "ms_per_query", "{:.1f}"),
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Evaluate retrieval on a BEIR-format dataset (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv). "
+        "The corpus is loaded once into a collection named beir-FOLDER and reused by later runs; "
+        "each mode ranks documents by their best chunk, and ir-measures scores nDCG@10, Recall@10, "
+        "Recall@100 and MRR@10."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dataset", required=True, type=Path,
+                            help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv.")
+        parser.add_argument("--split", required=True,
+                            help="Which judgements to score against: qrels/SPLIT.tsv (e.g. train, dev, test).")
+        parser.add_argument(
+            "--mode", action="append", dest="modes", choices=list(evaluation.DOCUMENT_RANKERS),
+            help="Retrieval mode to evaluate; repeat for several. Default: all of "
+                 f"{', '.join(evaluation.DOCUMENT_RANKERS)}.",
+        )
+        parser.add_argument("--json", type=Path, dest="json_path", metavar="FILE",
+                            help="Also write the results (metrics, counts, embedding model, timestamp) to FILE as JSON.")
+        parser.add_argument("--queries", type=Path, dest="queries_path", metavar="FILE",
+                            help="Evaluate only the query ids listed in FILE, one per line.")
+        parser.add_argument("--limit-queries", type=int, metavar="N",
+                            help="Evaluate only the first N judged queries (in queries.jsonl order), for a quick run.")
+        parser.add_argument(
+            "--language", choices=[code for code, _ in SEARCH_LANGUAGES],
+            help="Text-search language of the collection when it is created. Default: 'simple' when the "
+                 "corpus is mostly Chinese characters, else 'english'.",
+        )
+
+    def handle(self, *args, dataset, split, modes, json_path, queries_path, limit_queries, language, **options):
+        if not dataset.is_dir():
+            raise CommandError(f"{dataset} is not a folder. Point --dataset at a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
+        if limit_queries is not None and limit_queries < 1:
+            raise CommandError("--limit-queries must be at least 1.")
+        modes = list(dict.fromkeys(modes or evaluation.DOCUMENT_RANKERS))
+        try:
+            query_ids = evaluation.query_ids_read(path=queries_path) if queries_path else None
+            data = evaluation.beir_dataset_read(
+                dataset_dir=dataset, split=split, query_ids=query_ids, limit_queries=limit_queries,
+            )
+            load = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus)
+        except evaluation.EvaluationError as error:
+            raise CommandError(str(error)) from error
+        self._report_load(load, data)
+        results = evaluation.retrieval_evaluate(
+            dataset=data, collection=load.collection,
+            rankers={mode: evaluation.DOCUMENT_RANKERS[mode] for mode in modes},
+        )
+        self.stdout.write(results_table(results))
+        if json_path:
+            json_path.write_text(json.dumps(results_json(data, split, load, results), indent=2) + "\n", encoding="utf-8")
+            self.stdout.write(f"Wrote {json_path}")
+
+    def _report_load(self, load: evaluation.CollectionLoad, data: evaluation.BeirDataset) -> None:
+        collection = load.collection
+        if load.loaded:
+            self.stdout.write(f"Loaded {load.loaded} documents into {collection.name} in {load.seconds:.0f} s.")
+        else:
+            self.stdout.write(f"Reusing collection {collection.name} ({len(data.corpus)} documents, language {collection.language}).")
+        if load.failed:
+            self.stderr.write(f"{load.failed} corpus entries could not be ingested (see the documents' errors in the admin); they are never retrieved.")
+        skipped = f", {data.skipped_queries} without judgements skipped" if data.skipped_queries else ""
+        self.stdout.write(f"Evaluating {len(data.queries)} queries{skipped}.")
+
+
+def results_table(results: dict[str, evaluation.ModeResult]) -> str:
+    """Format one row per mode under the COLUMNS headings."""
+    headings = ["mode", *(heading for heading, _, _ in COLUMNS)]
+    rows = [[mode, *(template.format(_column_value(result, key)) for _, key, template in COLUMNS)]
+            for mode, result in results.items()]
+    widths = [max(len(row[index]) for row in [headings, *rows]) for index in range(len(headings))]
+    lines = [headings, ["-" * width for width in widths], *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(width) if index == 0 else cell.rjust(width) for index, (cell, width) in enumerate(zip(line, widths)))
+        for line in lines
+    )
+
+
+def _column_value(result: evaluation.ModeResult, key: str):
+    return result.metrics[key] if key in result.metrics else getattr(result, key)
+
+
+def results_json(data: evaluation.BeirDataset, split: str, load: evaluation.CollectionLoad,
+                 results: dict[str, evaluation.ModeResult]) -> dict:
+    return {
+        "dataset": data.name,
+        "split": split,
+        "collection": load.collection.name,
+        "language": load.collection.language,
+        "modes": list(results),
+        "metrics": {mode: result.metrics for mode, result in results.items()},
+        "counts": {
+            "corpus": len(data.corpus),
+            "queries": len(data.queries),
+            "skipped_queries": data.skipped_queries,
+            "failed_documents": load.failed,
+        },
+        "ms_per_query": {mode: round(result.ms_per_query, 2) for mode, result in results.items()},
+        "load_seconds": round(load.seconds, 1),
+        "documents_loaded": load.loaded,
+        "embedding_model": embedding_model_label(),
+        "timestamp": timezone.now().isoformat(),
+    }

@@ -1,0 +1,114 @@
+"""Question -> candidate chunks, in one SQL statement: HNSW kNN and full-text, fused by RRF."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from ragapp.documents.embedding import embed_query
+from ragapp.documents.models import Chunk, Collection, Document
+from ragapp.documents.segmentation import segment_for_search
+
+MODES = ("dense", "fulltext", "hybrid")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A retrieved chunk with its rank on each side (None: not in that side's top k) and fused score."""
+
+    chunk: Chunk
+    dense_rank: int | None
+    fulltext_rank: int | None
+    score: float
+
+    @property
+    def document(self) -> Document:
+        return self.chunk.document
+
+
+# Each side takes its own top k inside the collection, then reciprocal rank fusion:
+# score = sum over sides of 1 / (rrf_k + rank). A chunk found by one side only still scores.
+# Full-text search ORs the question's words (websearch_to_tsquery ANDs them, and a
+# natural-language question rarely has every word in one passage); quoted phrases stay phrases.
+HYBRID_SQL = """
+WITH query AS (
+    SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS terms
+),
+nearest AS (
+    -- The vector is written out here, not taken from the query CTE: the HNSW index can only
+    -- serve an ORDER BY against a constant.
+    SELECT chunk.id, chunk.embedding <=> %(embedding)s::vector AS distance
+    FROM documents_chunk AS chunk
+    WHERE chunk.collection_id = %(collection_id)s
+    ORDER BY chunk.embedding <=> %(embedding)s::vector
+    LIMIT %(dense_k)s
+),
+dense AS (
+    SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM nearest
+),
+fulltext AS (
+    SELECT chunk.id, row_number() OVER (ORDER BY ts_rank_cd(chunk.search_vector, query.terms, 1) DESC, chunk.id) AS rank
+    FROM documents_chunk AS chunk, query
+    WHERE chunk.collection_id = %(collection_id)s AND chunk.search_vector @@ query.terms
+    ORDER BY rank
+    LIMIT %(fulltext_k)s
+),
+fused AS (
+    SELECT coalesce(dense.id, fulltext.id) AS id, dense.rank AS dense_rank, fulltext.rank AS fulltext_rank,
+           coalesce(1.0 / (%(rrf_k)s + dense.rank), 0) + coalesce(1.0 / (%(rrf_k)s + fulltext.rank), 0) AS score
+    FROM dense FULL OUTER JOIN fulltext ON dense.id = fulltext.id
+)
+SELECT chunk.id, chunk.ordinal, chunk.text, chunk.page, chunk.heading_path, chunk.char_start, chunk.char_end,
+       chunk.token_count, document.id, document.title, document.original_filename, document.content_type,
+       document.file, fused.dense_rank, fused.fulltext_rank, fused.score
+FROM fused
+JOIN documents_chunk AS chunk ON chunk.id = fused.id
+JOIN documents_document AS document ON document.id = chunk.document_id
+ORDER BY fused.score DESC, chunk.id
+LIMIT %(limit)s
+"""
+
+
+def chunk_search(*, query: str, collection: Collection, k: int | None = None,
+                 limit: int | None = None, mode: str = "hybrid") -> list[Candidate]:
+    """Return up to `limit` candidates for `query` in `collection`, best first.
+
+    `k` candidates are taken from each side (default RETRIEVAL_CANDIDATES); `mode` picks
+    one side alone ("dense", "fulltext") or both fused ("hybrid").
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    k = k or settings.RETRIEVAL_CANDIDATES
+    use_dense, use_fulltext = mode in ("dense", "hybrid"), mode in ("fulltext", "hybrid")
+    params = {
+        "embedding": embed_query(query).tolist() if use_dense else None,
+        "language": collection.language,
+        "text": (segment_for_search(query) or query) if use_fulltext else "",
+        "collection_id": collection.pk,
+        "dense_k": k if use_dense else 0,
+        "fulltext_k": k if use_fulltext else 0,
+        "rrf_k": settings.RRF_K,
+        "limit": limit or k,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        _tune_hnsw_scan(cursor, k)
+        cursor.execute(HYBRID_SQL, params)
+        return [_candidate_from_row(row) for row in cursor.fetchall()]
+
+
+def _tune_hnsw_scan(cursor, k: int) -> None:
+    """Let the HNSW scan return k rows even after the collection filter removes some."""
+    # ef_search bounds how many neighbours one scan yields (pgvector's default 40 < k);
+    # iterative scans keep searching when the WHERE clause filters rows out.
+    cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(settings.HNSW_EF_SEARCH, k))])
+    cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+
+
+def _candidate_from_row(row) -> Candidate:
+    (chunk_id, ordinal, text, page, heading_path, char_start, char_end, token_count,
+     document_id, title, original_filename, content_type, file, dense_rank, fulltext_rank, score) = row
+    document = Document(id=document_id, title=title, original_filename=original_filename,
+                        content_type=content_type, file=file)
+    chunk = Chunk(id=chunk_id, document=document, ordinal=ordinal, text=text, page=page,
+                  heading_path=heading_path, char_start=char_start, char_end=char_end, token_count=token_count)
+    return Candidate(chunk=chunk, dense_rank=dense_rank, fulltext_rank=fulltext_rank, score=float(score))

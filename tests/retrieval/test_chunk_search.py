@@ -1,0 +1,96 @@
+"""Hybrid retrieval in one SQL statement: HNSW kNN + full-text, fused by reciprocal ranks."""
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from ragapp.documents.models import Chunk, Document
+from ragapp.documents.services import collection_get_or_create
+from ragapp.retrieval.selectors import HYBRID_SQL, chunk_search
+
+pytestmark = pytest.mark.django_db
+
+POLICIES = {
+    "travel.txt": "Train tickets are reimbursed in second class. Taxi rides need a receipt from the driver.",
+    "vacation.txt": "Employees receive twenty-five days of paid vacation. Unused days expire at the end of March.",
+    "security.txt": "Laptops must use full-disk encryption. Lost devices are reported to the security team at once.",
+    "kitchen.txt": "The coffee machine is descaled every Friday by the facilities staff.",
+}
+
+
+@pytest.fixture
+def policies(collection, ingest):
+    return {name: ingest(collection, name, text.encode()) for name, text in POLICIES.items()}
+
+
+def test_hybrid_returns_chunk_document_both_ranks_and_fused_score(collection, policies):
+    results = chunk_search(query="How are taxi rides reimbursed?", collection=collection, k=10)
+    best = results[0]
+    assert best.document.original_filename == "travel.txt"
+    assert best.dense_rank == 1 and best.fulltext_rank == 1
+    assert best.score == pytest.approx(2 / (60 + 1))
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    assert "Taxi" in best.chunk.text and best.document.title == "travel"
+
+
+def test_a_chunk_found_by_one_side_only_still_scores(collection, policies):
+    results = chunk_search(query="descaled", collection=collection, k=10)
+    by_file = {r.document.original_filename: r for r in results}
+    assert by_file["kitchen.txt"].fulltext_rank == 1
+    assert all(r.fulltext_rank is None for name, r in by_file.items() if name != "kitchen.txt")
+
+
+def test_single_side_modes(collection, policies):
+    dense = chunk_search(query="holiday allowance", collection=collection, k=10, mode="dense")
+    fulltext = chunk_search(query="encryption", collection=collection, k=10, mode="fulltext")
+    assert dense[0].document.original_filename == "vacation.txt"
+    assert all(r.fulltext_rank is None for r in dense)
+    assert [r.document.original_filename for r in fulltext] == ["security.txt"]
+    assert fulltext[0].dense_rank is None
+    with pytest.raises(ValueError, match="mode must be one of"):
+        chunk_search(query="x", collection=collection, mode="bm25")
+
+
+def test_full_text_stems_english_and_matches_any_word(collection, policies):
+    results = chunk_search(query="reimbursing receipts for a limousine", collection=collection, k=10, mode="fulltext")
+    assert results[0].document.original_filename == "travel.txt"
+
+
+def test_results_never_leave_the_collection(collection, policies, ingest):
+    other = collection_get_or_create(name="Other")
+    ingest(other, "taxi.txt", b"Taxi rides are never reimbursed here.")
+    for mode in ("dense", "fulltext", "hybrid"):
+        results = chunk_search(query="taxi reimbursed", collection=collection, k=50, mode=mode)
+        assert {r.document.original_filename for r in results} <= set(POLICIES)
+
+
+def test_chinese_question_finds_chinese_passage(ingest):
+    chinese = collection_get_or_create(name="中文", language="simple")
+    ingest(chinese, "beijing.txt", "北京大学是中国著名的高等学府，位于北京市海淀区。".encode())
+    ingest(chinese, "shanghai.txt", "上海是中国的经济中心，外滩非常有名。".encode())
+    results = chunk_search(query="北京大学位于哪个区？", collection=chinese, k=10, mode="fulltext")
+    assert results[0].document.original_filename == "beijing.txt"
+
+
+def test_stopword_only_question_returns_dense_results_without_error(collection, policies):
+    results = chunk_search(query="the of and", collection=collection, k=10)
+    assert results and all(r.fulltext_rank is None for r in results)
+
+
+def test_nearest_neighbour_query_uses_the_hnsw_index(collection):
+    """With a realistic number of rows the planner must pick the HNSW index, not a scan and sort."""
+    document = Document.objects.create(collection=collection, title="synthetic", original_filename="s.txt", sha256="0" * 64)
+    vectors = np.random.default_rng(0).normal(size=(3000, 384)).astype(np.float32)
+    Chunk.objects.bulk_create(
+        Chunk(document=document, collection=collection, language="english", ordinal=i, text=f"row {i} marker{i}",
+              char_start=0, char_end=5, token_count=2, embedding=vector)
+        for i, vector in enumerate(vectors)
+    )
+    params = {"embedding": vectors[0].tolist(), "language": "english", "text": "marker7", "collection_id": collection.pk,
+              "dense_k": 100, "fulltext_k": 100, "rrf_k": 60, "limit": 100}
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE documents_chunk")
+        cursor.execute("EXPLAIN " + HYBRID_SQL, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Scan using chunk_embedding_hnsw" in plan, plan
+    assert "chunk_search_vector_gin" in plan, plan

@@ -1,0 +1,205 @@
+"""manage.py evaluate: load a BEIR folder once, rank queries per mode, score with ir-measures."""
+
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from ragapp.documents.models import Collection, Document
+from ragapp.retrieval.evaluation import corpus_language, ranked_documents
+
+pytestmark = pytest.mark.django_db
+
+ENGLISH_CORPUS = {
+    "volcano": ("Volcanoes", "Magma rises through the crust and erupts as lava, ash and volcanic gas."),
+    "bread": ("Sourdough bread", "A sourdough starter of wild yeast and flour leavens the dough overnight."),
+    "chess": ("Chess openings", "The Sicilian Defence answers the king's pawn with the c-pawn."),
+    "whale": ("Blue whales", "The blue whale is the largest animal and feeds on tiny krill."),
+    "guitar": ("Guitar tuning", "Standard tuning sets the six strings to E, A, D, G, B and E."),
+    "bees": ("Honey bees", "Worker bees collect nectar and pollen and turn nectar into honey in the hive."),
+    "glacier": ("Glaciers", "Glaciers are rivers of ice that carve valleys as they slowly move downhill."),
+    "bitcoin": ("Bitcoin", "Bitcoin miners compete to add blocks of transactions to the blockchain."),
+    "tennis": ("Tennis scoring", "A tennis game is scored love, fifteen, thirty, forty and game."),
+    "vaccine": ("Vaccines", "A vaccine trains the immune system to recognise a virus before an infection."),
+    "origami": ("Origami", "Origami folds a single square sheet of paper into cranes and flowers."),
+    "saturn": ("Saturn", "Saturn's rings are made of ice and rock orbiting the gas giant planet."),
+}
+ENGLISH_QUERIES = {
+    "q-volcano": ("What comes out when a volcano erupts?", "volcano"),
+    "q-bread": ("How is sourdough bread leavened?", "bread"),
+    "q-whale": ("What does the blue whale eat?", "whale"),
+    "q-bees": ("How do bees make honey?", "bees"),
+    "q-vaccine": ("How does a vaccine protect against a virus?", "vaccine"),
+    "q-saturn": ("What are the rings of Saturn made of?", "saturn"),
+}
+CHINESE_CORPUS = {
+    "panda": ("大熊猫", "大熊猫生活在四川的山区，主要以竹子为食，是中国的国宝。"),
+    "tea": ("龙井茶", "龙井茶产于杭州西湖一带，是中国著名的绿茶。"),
+    "wall": ("长城", "长城是古代中国为抵御北方游牧民族而修建的军事防御工程。"),
+    "rice": ("水稻", "水稻需要大量的水，南方的农民在梯田里种植水稻。"),
+}
+CHINESE_QUERIES = {
+    "q-panda": ("大熊猫吃什么？", "panda"),
+    "q-tea": ("龙井茶产于哪里？", "tea"),
+    "q-wall": ("长城是为了抵御谁而修建的？", "wall"),
+}
+
+
+def write_beir(folder, corpus, queries, split="train", unjudged=()):
+    """Write a BEIR folder: corpus.jsonl, queries.jsonl (with `unjudged` extra queries), qrels/SPLIT.tsv."""
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w", encoding="utf-8") as handle:
+        for corpus_id, (title, text) in corpus.items():
+            handle.write(json.dumps({"_id": corpus_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
+    with (folder / "queries.jsonl").open("w", encoding="utf-8") as handle:
+        for query_id, text in [*((query_id, text) for query_id, (text, _) in queries.items()), *unjudged]:
+            handle.write(json.dumps({"_id": query_id, "text": text}, ensure_ascii=False) + "\n")
+    lines = ["query-id\tcorpus-id\tscore", *(f"{query_id}\t{corpus_id}\t1" for query_id, (_, corpus_id) in queries.items())]
+    (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def tinyset(tmp_path):
+    return write_beir(tmp_path / "tinyset", ENGLISH_CORPUS, ENGLISH_QUERIES,
+                      unjudged=[("q-unjudged", "Who invented the telephone?")])
+
+
+@pytest.fixture
+def chineseset(tmp_path):
+    return write_beir(tmp_path / "chineseset", CHINESE_CORPUS, CHINESE_QUERIES, split="dev")
+
+
+def evaluate(dataset, split="train", *options, tmp_path):
+    """Run the command with --json and return the JSON it wrote."""
+    output = tmp_path / f"results-{len(list(tmp_path.glob('results-*')))}.json"
+    call_command("evaluate", "--dataset", str(dataset), "--split", split, "--json", str(output), *options)
+    return json.loads(output.read_text())
+
+
+def test_all_modes_are_scored_by_default_with_metrics_between_zero_and_one(tinyset, tmp_path, capsys):
+    results = evaluate(tinyset, tmp_path=tmp_path)
+    assert results["modes"] == ["dense", "fulltext", "hybrid"]
+    for mode in results["modes"]:
+        assert set(results["metrics"][mode]) == {"nDCG@10", "R@10", "R@100", "RR@10"}
+        assert all(0.0 <= value <= 1.0 for value in results["metrics"][mode].values())
+        assert results["ms_per_query"][mode] > 0
+    assert results["dataset"] == "tinyset" and results["split"] == "train"
+    assert results["embedding_model"] and results["timestamp"]
+    table = capsys.readouterr().out
+    assert "nDCG@10" in table and "Recall@100" in table and "MRR@10" in table and "ms/query" in table
+
+
+def test_hybrid_finds_the_relevant_document_on_an_easy_set(tinyset, tmp_path):
+    results = evaluate(tinyset, "train", "--mode", "hybrid", tmp_path=tmp_path)
+    assert results["modes"] == ["hybrid"]
+    assert results["metrics"]["hybrid"]["nDCG@10"] > 0.8
+    assert results["metrics"]["hybrid"]["R@100"] == 1.0
+
+
+def test_queries_without_judgements_are_skipped(tinyset, tmp_path):
+    results = evaluate(tinyset, "train", "--mode", "dense", tmp_path=tmp_path)
+    assert results["counts"]["queries"] == len(ENGLISH_QUERIES)
+    assert results["counts"]["skipped_queries"] == 1
+
+
+def test_corpus_becomes_documents_with_external_ids_and_title_then_text(tinyset, tmp_path):
+    evaluate(tinyset, "train", "--mode", "fulltext", tmp_path=tmp_path)
+    collection = Collection.objects.get(name="beir-tinyset")
+    documents = Document.objects.filter(collection=collection)
+    assert sorted(documents.values_list("external_id", flat=True)) == sorted(ENGLISH_CORPUS)
+    assert set(documents.values_list("status", flat=True)) == {Document.Status.READY}
+    whale = documents.get(external_id="whale")
+    assert whale.title == "Blue whales"
+    assert whale.file.read().decode() == "Blue whales\n\n" + ENGLISH_CORPUS["whale"][1]
+
+
+def test_a_second_run_reuses_the_loaded_collection(tinyset, tmp_path):
+    first = evaluate(tinyset, "train", "--mode", "fulltext", tmp_path=tmp_path)
+    documents = Document.objects.count()
+    second = evaluate(tinyset, "train", "--mode", "fulltext", tmp_path=tmp_path)
+    assert first["documents_loaded"] == len(ENGLISH_CORPUS)
+    assert second["documents_loaded"] == 0
+    assert Document.objects.count() == documents
+    assert second["load_seconds"] < 2
+    assert Collection.objects.filter(name="beir-tinyset").count() == 1
+
+
+def test_a_partly_loaded_collection_gets_only_its_missing_documents(tinyset, tmp_path):
+    evaluate(tinyset, "train", "--mode", "fulltext", tmp_path=tmp_path)
+    Document.objects.filter(external_id__in=["chess", "tennis"]).delete()
+    kept = set(Document.objects.values_list("pk", flat=True))
+    results = evaluate(tinyset, "train", "--mode", "fulltext", tmp_path=tmp_path)
+    assert results["documents_loaded"] == 2
+    assert kept < set(Document.objects.values_list("pk", flat=True))
+    assert Document.objects.count() == len(ENGLISH_CORPUS)
+
+
+def test_queries_file_restricts_the_evaluated_queries(tinyset, tmp_path):
+    query_file = tmp_path / "queries.txt"
+    query_file.write_text("q-whale\nq-bees\n\n")
+    results = evaluate(tinyset, "train", "--mode", "hybrid", "--queries", str(query_file), tmp_path=tmp_path)
+    assert results["counts"]["queries"] == 2
+
+
+def test_limit_queries_takes_the_first_judged_queries(tinyset, tmp_path):
+    results = evaluate(tinyset, "train", "--mode", "dense", "--limit-queries", "3", tmp_path=tmp_path)
+    assert results["counts"]["queries"] == 3
+
+
+def test_unknown_query_ids_are_refused(tinyset, tmp_path):
+    query_file = tmp_path / "queries.txt"
+    query_file.write_text("q-whale\nno-such-query\n")
+    with pytest.raises(CommandError, match="no-such-query"):
+        call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--queries", str(query_file))
+
+
+def test_missing_split_names_the_file_and_the_splits_available(tinyset):
+    with pytest.raises(CommandError, match=r"split 'test'.*test\.tsv does not exist.*Splits in this dataset: train"):
+        call_command("evaluate", "--dataset", str(tinyset), "--split", "test")
+    assert not Collection.objects.exists()
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(CommandError, match="is not a folder"):
+        call_command("evaluate", "--dataset", str(tmp_path / "nowhere"), "--split", "train")
+
+
+def test_chinese_corpus_gets_the_simple_language_and_full_text_finds_its_passages(chineseset, tmp_path):
+    results = evaluate(chineseset, "dev", "--mode", "fulltext", "--mode", "hybrid", tmp_path=tmp_path)
+    assert results["language"] == "simple"
+    assert Collection.objects.get(name="beir-chineseset").language == "simple"
+    assert results["metrics"]["fulltext"]["R@10"] == 1.0
+    assert results["metrics"]["hybrid"]["nDCG@10"] > 0.8
+
+
+def test_language_option_overrides_detection_for_a_new_collection(chineseset, tmp_path):
+    results = evaluate(chineseset, "dev", "--mode", "fulltext", "--language", "english", tmp_path=tmp_path)
+    assert results["language"] == "english"
+
+
+def test_a_language_other_than_the_existing_collections_is_refused(chineseset, tmp_path):
+    evaluate(chineseset, "dev", "--mode", "fulltext", tmp_path=tmp_path)
+    with pytest.raises(CommandError, match="exists with text-search language 'simple'"):
+        call_command("evaluate", "--dataset", str(chineseset), "--split", "dev", "--language", "english")
+
+
+def test_corpus_language_is_simple_only_when_mostly_chinese():
+    from ragapp.retrieval.evaluation import CorpusEntry
+
+    assert corpus_language([CorpusEntry("1", "大熊猫", "大熊猫生活在四川 (Sichuan)。")]) == "simple"
+    assert corpus_language([CorpusEntry("1", "Pandas", "Giant pandas (大熊猫) live in Sichuan.")]) == "english"
+
+
+def test_document_ranking_keeps_each_documents_best_chunk_up_to_the_depth():
+    assert ranked_documents([7, 3, 7, 5, 3, 9], depth=3) == [7, 3, 5]
+
+
+def test_help_explains_every_option():
+    from ragapp.retrieval.management.commands.evaluate import Command
+
+    parser = Command().create_parser("manage.py", "evaluate")
+    options = [action for action in parser._actions if action.dest in
+               {"dataset", "split", "modes", "json_path", "queries_path", "limit_queries", "language"}]
+    assert len(options) == 7
+    assert all(action.help for action in options)
