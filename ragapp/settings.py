@@ -153,6 +153,13 @@ RETRIEVAL_CANDIDATES = env_int("RETRIEVAL_CANDIDATES", 100)
 RRF_K = env_int("RRF_K", 60)
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 200)
 
+# Reranker workers (reranking.server), tried in turn; empty: results keep retrieval order, flagged.
+RERANKER_URLS = env_list("RERANKER_URL")
+RERANKER_TIMEOUT_SECONDS = float(env_str("RERANKER_TIMEOUT_SECONDS", "10"))
+# A worker that failed is skipped for this long before it is tried again.
+RERANKER_RETRY_AFTER_SECONDS = float(env_str("RERANKER_RETRY_AFTER_SECONDS", "30"))
+RERANK_TOP_N = env_int("RERANK_TOP_N", 5)
+
 # First administrator, created by `manage.py serve` when no superuser exists.
 ADMIN_USERNAME = env_str("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")

@@ -52,6 +52,11 @@ class Collection(models.Model):
         help_text="Text-search language for full-text retrieval.",
     )
     reranking_enabled = models.BooleanField(default=True)
+    rerank_fusion_weight = models.FloatField(
+        default=1.0,
+        help_text="Weight of the reranker's ranking against the retrieval ranking when both are fused "
+                  "(1 = reranker order alone). `manage.py evaluate --tune-fusion` picks it on known questions.",
+    )
     readers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="readable_collections")
     reader_groups = models.ManyToManyField("auth.Group", blank=True, related_name="readable_collections")
     created_at = models.DateTimeField(auto_now_add=True)
