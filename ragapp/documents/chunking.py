@@ -3,11 +3,12 @@
 Pure: no I/O and no Django. The document is tokenized once, in a batch, with character
 offsets; every cut is then chosen among token boundaries ranked by how cleanly they separate
 the text (heading change, paragraph, sentence, clause, word, token), so no substring is
-re-tokenized while searching. Each finished chunk is counted once more, as its own text, to
-guarantee the budget.
+re-tokenized while searching. A chunk is tokenized again, as its own text, only where a cut
+could have changed how its text tokenizes (inside a word, or with a byte-level tokenizer).
 """
 
 import re
+import string
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ MIN_CHUNK_TOKENS = 16
 TOKENIZE_PIECE_CHARS = 2000
 
 # Characters after which a piece may be cut without changing how WordPiece splits words.
-_SAFE_PIECE_ENDS = (" ", "\n", "\t", "。", "！", "？", "；", "，", "、")
+_SAFE_PIECE_ENDS = frozenset(" \n\t。！？；，、：" + string.punctuation)
 
 
 class Cut(IntEnum):
@@ -36,9 +37,6 @@ class Cut(IntEnum):
     PARAGRAPH = 5  # a section boundary or a blank line, under the same heading
     HEADING = 6  # where a heading starts or the heading path changes
 
-
-# Cuts that are looked up in sorted lists; TOKEN and INSIDE_WORD are everything else.
-_LISTED_CUTS = (Cut.HEADING, Cut.PARAGRAPH, Cut.SENTENCE, Cut.CLAUSE, Cut.WORD)
 
 _CUT_PATTERNS = {
     Cut.PARAGRAPH: re.compile(r"\n[ \t]*\n\s*"),
@@ -55,8 +53,17 @@ class _Tokens:
     starts: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
     inside_word: set[int] = field(default_factory=set)  # boundaries between pieces of one word
+    # Where the text was cut for the tokenizer with no space or punctuation nearby: tokens on
+    # either side may differ from how the uncut text tokenizes.
+    blind_cuts: list[int] = field(default_factory=list)
 
-    def add_piece(self, piece_start: int, offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None], starts_mid_word: bool) -> None:
+    def add_piece(
+        self,
+        piece_start: int,
+        offsets: Sequence[tuple[int, int]],
+        word_ids: Sequence[int | None],
+        starts_mid_word: bool,
+    ) -> None:
         """Append one tokenized piece of text that begins at piece_start in the document."""
         first = len(self.starts)
         self.starts += [piece_start + start for start, _ in offsets]
@@ -64,19 +71,22 @@ class _Tokens:
         self.inside_word.update([first + i for i in range(1, len(word_ids)) if word_ids[i] == word_ids[i - 1]])
         if starts_mid_word and first:
             self.inside_word.add(first)
+            self.blind_cuts.append(first)
 
 
 @dataclass
 class _Boundaries:
     """Where chunks may be cut, by how cleanly."""
 
-    by_cut: dict[Cut, list[int]]  # sorted boundary indices, for each listed cut
+    by_cut: dict[Cut, list[int]]  # sorted boundary indices for WORD and cleaner; the rest are implied
     forbidden: set[int]  # inside a heading or right after it: a heading stays with its text
     inside_word: set[int]
     clean: set[int]  # section and paragraph boundaries: a chunk starting there needs no overlap
 
 
-def document_chunk(parsed: ParsedDocument, *, tokenizer, chunk_tokens: int, overlap_tokens: int) -> list[ChunkDraft]:
+def document_chunk(
+    parsed: ParsedDocument, *, tokenizer, chunk_tokens: int, overlap_tokens: int
+) -> list[ChunkDraft]:
     """Split a parsed document into chunks of at most chunk_tokens tokens of the embedding model's tokenizer, overlapping by about overlap_tokens."""
     _validate_budget(chunk_tokens, overlap_tokens)
     text = parsed.text
@@ -92,7 +102,8 @@ def document_chunk(parsed: ParsedDocument, *, tokenizer, chunk_tokens: int, over
         return drafts
     # Why: a slice cut inside a word can tokenize into more tokens than it had in context
     # ("##ization" alone becomes "i", "##zation"), so plan again, counting each chunk's text.
-    return _drafts(parsed.sections, section_starts, text, tokens, planner.plan(count_span=counter.count), counter)
+    spans = planner.plan(count_span=counter.count)
+    return _drafts(parsed.sections, section_starts, text, tokens, spans, counter)
 
 
 def _validate_budget(chunk_tokens: int, overlap_tokens: int) -> None:
@@ -142,22 +153,32 @@ def _pieces_for_tokenizer(text: str, offset: int) -> Iterator[tuple[int, str, bo
     """Yield (start, text, starts mid-word) pieces of at most TOKENIZE_PIECE_CHARS characters."""
     start, starts_mid_word = 0, False
     while len(text) - start > TOKENIZE_PIECE_CHARS:
-        limit = start + TOKENIZE_PIECE_CHARS
-        safe = max(text.rfind(character, start + TOKENIZE_PIECE_CHARS // 2, limit) for character in _SAFE_PIECE_ENDS)
-        cut = safe + 1 if safe >= 0 else limit
-        yield offset + start, text[start:cut], starts_mid_word
-        start, starts_mid_word = cut, safe < 0
+        end, starts_mid_word_next = _piece_end(text, start)
+        yield offset + start, text[start:end], starts_mid_word
+        start, starts_mid_word = end, starts_mid_word_next
     if text[start:].strip():
         yield offset + start, text[start:], starts_mid_word
 
 
-def _find_boundaries(text: str, sections: Sequence[Section], section_starts: Sequence[int], tokens: _Tokens) -> _Boundaries:
+def _piece_end(text: str, start: int) -> tuple[int, bool]:
+    """Return where the piece beginning at start ends, and whether that cuts a word."""
+    limit = start + TOKENIZE_PIECE_CHARS
+    for position in range(limit - 1, start + TOKENIZE_PIECE_CHARS // 2, -1):
+        if text[position] in _SAFE_PIECE_ENDS:
+            return position + 1, False
+    return limit, True
+
+
+def _find_boundaries(
+    text: str, sections: Sequence[Section], section_starts: Sequence[int], tokens: _Tokens
+) -> _Boundaries:
     """Rank every usable token boundary in the document by how cleanly it cuts."""
     section_first_tokens = [bisect_left(tokens.starts, start) for start in section_starts]
     heading_changes, forbidden = _heading_boundaries(sections, section_first_tokens, len(tokens.starts))
     by_cut = {cut: _pattern_boundaries(pattern, text, tokens) for cut, pattern in _CUT_PATTERNS.items()}
     by_cut[Cut.HEADING] = heading_changes
-    by_cut[Cut.PARAGRAPH] = sorted(set(by_cut[Cut.PARAGRAPH]).union(section_first_tokens[1:]) - {0, len(tokens.starts)})
+    section_breaks = set(section_first_tokens[1:]) - {len(tokens.starts)}
+    by_cut[Cut.PARAGRAPH] = sorted(section_breaks.union(by_cut[Cut.PARAGRAPH]))
     by_cut[Cut.WORD] = [i for i in range(1, len(tokens.starts)) if tokens.starts[i] > tokens.ends[i - 1]]
     if forbidden:
         by_cut = {cut: [i for i in positions if i not in forbidden] for cut, positions in by_cut.items()}
@@ -165,7 +186,9 @@ def _find_boundaries(text: str, sections: Sequence[Section], section_starts: Seq
     return _Boundaries(by_cut=by_cut, forbidden=forbidden, inside_word=tokens.inside_word, clean=clean)
 
 
-def _heading_boundaries(sections: Sequence[Section], section_first_tokens: Sequence[int], token_count: int) -> tuple[list[int], set[int]]:
+def _heading_boundaries(
+    sections: Sequence[Section], section_first_tokens: Sequence[int], token_count: int
+) -> tuple[list[int], set[int]]:
     """Return where headings change, and the boundaries that would leave a heading without its text."""
     changes: list[int] = []
     forbidden: set[int] = set()
@@ -221,7 +244,7 @@ class _ChunkPlanner:
         while True:
             end = self._choose_end(start, fresh, limit)
             excess = 0 if count_span is None else count_span(start, end) - self.chunk_tokens
-            if excess <= 0:
+            if excess <= 0 or end == start + 1:
                 return start, end
             if end - excess <= fresh:
                 start = fresh  # the overlap leaves no room for new text: drop it
@@ -236,11 +259,20 @@ class _ChunkPlanner:
             return heading_change
         if limit == self.token_count:
             return limit
+        # Why fall back to a short chunk: past `earliest` there may be only cuts inside a heading.
+        for lowest in (earliest, fresh + 1):
+            end = self._cleanest_end(lowest, limit)
+            if end is not None:
+                return end
+        return limit  # only a heading longer than a whole chunk gets here: it must be cut
+
+    def _cleanest_end(self, lowest: int, limit: int) -> int | None:
+        """Return the cleanest allowed boundary in [lowest, limit], the latest of equally clean ones."""
         for cut in (Cut.PARAGRAPH, Cut.SENTENCE, Cut.CLAUSE, Cut.WORD):
             candidate = self._last_at_or_before(cut, limit)
-            if candidate is not None and candidate >= earliest:
+            if candidate is not None and candidate >= lowest:
                 return candidate
-        return self._last_unlisted(limit, earliest)
+        return self._last_unlisted(limit, lowest)
 
     def _next_start(self, start: int, end: int) -> int:
         """Start the next chunk about overlap_tokens before end, at the cleanest boundary nearby."""
@@ -256,18 +288,20 @@ class _ChunkPlanner:
             candidate = self._nearest(cut, target, max(floor, target - reach), min(end - 1, target + reach))
             if candidate is not None:
                 return candidate
-        candidate = self._nearest(Cut.WORD, target, floor, end - 1)
-        return candidate if candidate is not None else self._last_unlisted(target, floor)
+        for candidate in (self._nearest(Cut.WORD, target, floor, end - 1), self._last_unlisted(target, floor)):
+            if candidate is not None:
+                return candidate
+        return end
 
-    def _last_unlisted(self, limit: int, earliest: int) -> int:
-        """Return the last boundary from limit down to earliest, between whole words if possible."""
+    def _last_unlisted(self, limit: int, lowest: int) -> int | None:
+        """Return the last allowed boundary from limit down to lowest, between whole words if possible."""
         for allow_inside_word in (False, True):
-            for boundary in range(limit, earliest - 1, -1):
+            for boundary in range(limit, lowest - 1, -1):
                 if boundary in self.boundaries.forbidden:
                     continue
                 if allow_inside_word or boundary not in self.boundaries.inside_word:
                     return boundary
-        return limit  # only a heading longer than a whole chunk gets here: it must be cut
+        return None
 
     def _first_at_or_after(self, cut: Cut, position: int) -> int | None:
         positions = self.boundaries.by_cut[cut]
@@ -287,7 +321,56 @@ class _ChunkPlanner:
         return min(options, key=lambda position: (abs(position - target), position)) if options else None
 
 
-def _drafts(sections: Sequence[Section], section_starts: Sequence[int], text: str, tokens: _Tokens, spans: Sequence[tuple[int, int]], counter: "_SpanCounter") -> list[ChunkDraft]:
+class _SpanCounter:
+    """Count a span's tokens as its own text tokenizes, re-tokenizing only where that can differ."""
+
+    def __init__(self, text: str, tokens: _Tokens, tokenizer):
+        self.text = text
+        self.tokens = tokens
+        self.tokenizer = tokenizer
+        self.recount_every_span = not _words_tokenize_alone(tokenizer)
+
+    def count(self, start: int, end: int) -> int:
+        """Count the tokens of the text of tokens [start, end)."""
+        return self.count_many([(start, end)])[0]
+
+    def count_many(self, spans: Sequence[tuple[int, int]]) -> list[int]:
+        """Count the tokens of each span's text, tokenizing in one batch the spans that need it."""
+        counts = [end - start for start, end in spans]
+        risky = [index for index, (start, end) in enumerate(spans) if self._may_differ(start, end)]
+        if risky:
+            texts = [self.text[slice(*_char_range(self.text, self.tokens, *spans[index]))] for index in risky]
+            encoded = self.tokenizer(
+                texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
+            )
+            for index, ids in zip(risky, encoded["input_ids"]):
+                counts[index] = len(ids)
+        return counts
+
+    def _may_differ(self, start: int, end: int) -> bool:
+        """Tell whether the span's text alone might tokenize differently from the same tokens in context."""
+        if self.recount_every_span or start in self.tokens.inside_word or end in self.tokens.inside_word:
+            return True
+        blind_cuts = self.tokens.blind_cuts
+        return bisect_left(blind_cuts, start) != bisect_right(blind_cuts, end)
+
+
+def _words_tokenize_alone(tokenizer) -> bool:
+    """Tell whether each word's tokens are independent of its neighbours, as in BERT's WordPiece."""
+    # Why: pre-tokenizers that split on whitespace and punctuation and drop the whitespace make
+    # a slice cut between words tokenize exactly as in context; byte-level BPE ("Ġword") does not.
+    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    return type(pre_tokenizer).__name__ in {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+
+
+def _drafts(
+    sections: Sequence[Section],
+    section_starts: Sequence[int],
+    text: str,
+    tokens: _Tokens,
+    spans: Sequence[tuple[int, int]],
+    counter: _SpanCounter,
+) -> list[ChunkDraft]:
     """Turn token spans into chunk drafts, counting each chunk's own text."""
     ranges = [_char_range(text, tokens, start, end) for start, end in spans]
     drafts = []
@@ -312,50 +395,17 @@ def _char_range(text: str, tokens: _Tokens, start: int, end: int) -> tuple[int, 
     """Return the character range of tokens [start, end), without surrounding whitespace."""
     char_start, char_end = tokens.starts[start], tokens.ends[end - 1]
     chunk_text = text[char_start:char_end]
-    return char_start + len(chunk_text) - len(chunk_text.lstrip()), char_end - len(chunk_text) + len(chunk_text.rstrip())
+    leading = len(chunk_text) - len(chunk_text.lstrip())
+    trailing = len(chunk_text) - len(chunk_text.rstrip())
+    return char_start + leading, char_end - trailing
 
 
-def _chunk_heading_path(sections: Sequence[Section], section_starts: Sequence[int], index: int, char_end: int) -> tuple[str, ...]:
+def _chunk_heading_path(
+    sections: Sequence[Section], section_starts: Sequence[int], index: int, char_end: int
+) -> tuple[str, ...]:
     """Return the heading path of the section a chunk starts in."""
     # Why skip headings: a chunk that opens with a heading is about the text under it, and
     # that text's path names the heading, while the heading's own path names only its parents.
     while sections[index].is_heading and index + 1 < len(sections) and section_starts[index + 1] < char_end:
         index += 1
     return tuple(sections[index].heading_path)
-
-
-class _SpanCounter:
-    """Count a span's tokens as its own text tokenizes, re-tokenizing only where that can differ."""
-
-    def __init__(self, text: str, tokens: _Tokens, tokenizer):
-        self.text = text
-        self.tokens = tokens
-        self.tokenizer = tokenizer
-        self.recount_every_span = not _words_tokenize_alone(tokenizer)
-
-    def count(self, start: int, end: int) -> int:
-        """Count the tokens of the text of tokens [start, end)."""
-        return self.count_many([(start, end)])[0]
-
-    def count_many(self, spans: Sequence[tuple[int, int]]) -> list[int]:
-        """Count the tokens of each span's text, tokenizing in one batch the spans that need it."""
-        counts = [end - start for start, end in spans]
-        risky = [index for index, (start, end) in enumerate(spans) if self._may_differ(start, end)]
-        if risky:
-            texts = [self.text[slice(*_char_range(self.text, self.tokens, *spans[index]))] for index in risky]
-            encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)
-            for index, ids in zip(risky, encoded["input_ids"]):
-                counts[index] = len(ids)
-        return counts
-
-    def _may_differ(self, start: int, end: int) -> bool:
-        """Tell whether the span's text alone might tokenize differently from the same tokens in context."""
-        return self.recount_every_span or start in self.tokens.inside_word or end in self.tokens.inside_word
-
-
-def _words_tokenize_alone(tokenizer) -> bool:
-    """Tell whether each word's tokens are independent of its neighbours, as in BERT's WordPiece."""
-    # Why: pre-tokenizers that split on whitespace and punctuation and drop the whitespace make
-    # a slice cut between words tokenize exactly as in context; byte-level BPE ("Ġword") does not.
-    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
-    return type(pre_tokenizer).__name__ in {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
