@@ -64,6 +64,9 @@ def options_parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--ef-search-sweep", default="40,100,400",
                         help="Extra hnsw.ef_search values at which to measure dense recall@10 and latency, "
                              "besides chunk_search's own setting (default: 40,100,400; empty: none).")
+    parser.add_argument("--modes", default="hybrid,dense,fulltext",
+                        help="chunk_search modes to time, comma-separated (default: hybrid,dense,fulltext; "
+                             "empty: none, to measure only HNSW against exact search).")
     parser.add_argument("--maintenance-work-mem", default="512MB",
                         help="maintenance_work_mem for building the indexes (default: 512MB; an HNSW graph "
                              "that does not fit is built much more slowly).")
@@ -79,6 +82,9 @@ def options_parse(argv=None) -> argparse.Namespace:
         options.ef_search_sweep = [int(value) for value in options.ef_search_sweep.split(",") if value.strip()]
     except ValueError:
         parser.error("--sizes and --ef-search-sweep take comma-separated whole numbers")
+    options.modes = [mode.strip() for mode in options.modes.split(",") if mode.strip()]
+    if set(options.modes) - {"hybrid", "dense", "fulltext"}:
+        parser.error("--modes takes a comma-separated list of hybrid, dense, fulltext")
     if not options.sizes or min(options.sizes) < 10:
         parser.error("--sizes must be at least 10 chunks each")
     if options.queries < 1 or options.pool < 1:
@@ -145,6 +151,14 @@ def synthetic_vectors(pool: np.ndarray, count: int, noise: float, rng: np.random
     vectors = pool[sources] + rng.standard_normal((count, pool.shape[1]), dtype=np.float32) @ shape.T.astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return sources, vectors.astype(np.float32)
+
+
+def nearest_neighbour_cosine(vectors: np.ndarray, rng: np.random.Generator, sample: int = 500) -> float:
+    """Mean cosine between a sample of the vectors and the nearest other vector of the set."""
+    picked = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
+    similarities = vectors[picked] @ vectors.T
+    similarities[np.arange(len(picked)), picked] = -1.0  # not itself
+    return round(float(similarities.max(axis=1).mean()), 4)
 
 
 # ---- loading a collection and (re)building the indexes --------------------------------------
@@ -324,9 +338,9 @@ def recall(found: list[list[int]], truth: list[list[int]], at: int) -> float:
     return round(float(np.mean(hits)), 4)
 
 
-def plan(sql: str, params: dict, *, k: int, exact: bool = False) -> str:
+def plan(sql: str, params: dict, *, k: int, exact: bool = False, ef_search: int | None = None) -> str:
     """Return the plan PostgreSQL chooses, with the query vector's 384 numbers shortened to '[...]'."""
-    with search_session(k=k, exact=exact) as cursor:
+    with search_session(k=k, exact=exact, ef_search=ef_search) as cursor:
         cursor.execute("EXPLAIN " + sql, params)
         return VECTOR_LITERAL.sub("'[...]'::vector", "\n".join(row[0] for row in cursor.fetchall()))
 
@@ -350,28 +364,46 @@ def chunk_search_series(collection, query_texts, query_vectors, *, mode: str, k:
 
 
 def size_measure(collection, query_texts, query_vectors, options) -> dict:
+    """Time HNSW against exact search, check their plans, then time chunk_search itself."""
+    from django.conf import settings
+
+    k = settings.RETRIEVAL_CANDIDATES
+    figures = plans_check(collection, query_texts[0], query_vectors[0], k=k)
+    dense, exact_found = dense_figures(collection, query_vectors, options, k=k)
+    figures.update(dense)
+    figures["ef_search_sweep"] = {}
+    sample = {"collection_id": collection.pk, "embedding": query_vectors[0].tolist(), "limit": 10}
+    for ef_search in options.ef_search_sweep:
+        found, seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up, ef_search=ef_search)
+        figures["ef_search_sweep"][str(ef_search)] = {
+            "recall_at_10": recall(found, exact_found, 10),
+            "uses_hnsw_index": "chunk_embedding_hnsw" in plan(DENSE_SQL, sample, k=10, ef_search=ef_search),
+            **latency_summary(seconds),
+        }
+    figures["chunk_search"] = {
+        mode: chunk_search_figures(collection, query_texts, query_vectors, exact_found, mode=mode, k=k,
+                                   warm_up=options.warm_up)
+        for mode in options.modes
+    }
+    return figures
+
+
+def plans_check(collection, query_text: str, query_vector, *, k: int) -> dict:
+    """EXPLAIN the HNSW, exact and hybrid statements; record whether each uses the index it should."""
     from django.conf import settings
 
     from ragapp.retrieval.selectors import HYBRID_SQL
 
-    k = settings.RETRIEVAL_CANDIDATES
-    sample = {"collection_id": collection.pk, "embedding": query_vectors[0].tolist(), "limit": 10}
+    sample = {"collection_id": collection.pk, "embedding": query_vector.tolist(), "limit": 10}
     plans = {
         "hnsw": plan(DENSE_SQL, sample, k=10),
         "exact": plan(DENSE_SQL, sample, k=10, exact=True),
         "hybrid": plan(HYBRID_SQL, {
-            "embedding": query_vectors[0].tolist(), "language": collection.language, "text": query_texts[0],
+            "embedding": query_vector.tolist(), "language": collection.language, "text": query_text,
             "collection_id": collection.pk, "dense_k": k, "fulltext_k": k, "rrf_k": settings.RRF_K, "limit": k,
         }, k=k),
     }
-    print("  exact search (the peer), top 10 and top 100 ...", flush=True)
-    _, exact_seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up, exact=True)
-    exact_found, exact_100_seconds = dense_series(collection, query_vectors, limit=k, warm_up=0, exact=True)
-    print("  HNSW kNN ...", flush=True)
-    hnsw_found, hnsw_seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up)
-    hnsw_summary, exact_summary = latency_summary(hnsw_seconds), latency_summary(exact_seconds)
-    figures = {
-        "hnsw_ef_search": max(settings.HNSW_EF_SEARCH, 10),
+    return {
         "plans_checked": {
             "hnsw_uses_hnsw_index": "chunk_embedding_hnsw" in plans["hnsw"],
             "exact_avoids_hnsw_index": "chunk_embedding_hnsw" not in plans["exact"],
@@ -379,26 +411,39 @@ def size_measure(collection, query_texts, query_vectors, options) -> dict:
             "hybrid_uses_gin_index": "chunk_search_vector_gin" in plans["hybrid"],
         },
         "plans": plans,
+    }
+
+
+def dense_figures(collection, query_vectors, options, *, k: int) -> tuple[dict, list[list[int]]]:
+    """Latency of HNSW top 10 against exact top 10 (the peer) and HNSW recall@10; also the exact top k ids."""
+    from django.conf import settings
+
+    print(f"  exact search (the peer), top 10 and top {k} ...", flush=True)
+    _, exact_seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up, exact=True)
+    exact_found, exact_k_seconds = dense_series(collection, query_vectors, limit=k, warm_up=0, exact=True)
+    print("  HNSW kNN ...", flush=True)
+    hnsw_found, hnsw_seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up)
+    hnsw_summary, exact_summary = latency_summary(hnsw_seconds), latency_summary(exact_seconds)
+    figures = {
+        "hnsw_ef_search": max(settings.HNSW_EF_SEARCH, 10),
         "dense_hnsw_top10": hnsw_summary,
         "dense_exact_top10": exact_summary,
-        f"dense_exact_top{k}": latency_summary(exact_100_seconds),
+        f"dense_exact_top{k}": latency_summary(exact_k_seconds),
         "recall_at_10_hnsw_vs_exact": recall(hnsw_found, exact_found, 10),
         "latency_ratio_exact_over_hnsw_p50": round(exact_summary["p50_ms"] / hnsw_summary["p50_ms"], 2),
-        "ef_search_sweep": {},
-        "chunk_search": {},
     }
-    for ef_search in options.ef_search_sweep:
-        found, seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up, ef_search=ef_search)
-        figures["ef_search_sweep"][str(ef_search)] = {
-            "recall_at_10": recall(found, exact_found, 10), **latency_summary(seconds)}
-    for mode in ("hybrid", "dense", "fulltext"):
-        print(f"  chunk_search {mode}, k={k} ...", flush=True)
-        results, seconds = chunk_search_series(collection, query_texts, query_vectors, mode=mode, k=k, warm_up=options.warm_up)
-        figures["chunk_search"][mode] = {"k": k, **latency_summary(seconds),
-                                         "candidates_mean": round(float(np.mean([len(r) for r in results])), 1)}
-        if mode == "dense":
-            found = [[candidate.chunk.pk for candidate in candidates] for candidates in results]
-            figures["chunk_search"][mode][f"recall_at_{k}_vs_exact"] = recall(found, exact_found, k)
+    return figures, exact_found
+
+
+def chunk_search_figures(collection, query_texts, query_vectors, exact_found, *, mode: str, k: int, warm_up: int) -> dict:
+    """Latency of chunk_search in one mode; for the dense mode also its recall@k against exact search."""
+    print(f"  chunk_search {mode}, k={k} ...", flush=True)
+    results, seconds = chunk_search_series(collection, query_texts, query_vectors, mode=mode, k=k, warm_up=warm_up)
+    figures = {"k": k, **latency_summary(seconds),
+               "candidates_mean": round(float(np.mean([len(candidates) for candidates in results])), 1)}
+    if mode == "dense":
+        found = [[candidate.chunk.pk for candidate in candidates] for candidates in results]
+        figures["recall_at_k_vs_exact"] = recall(found, exact_found, k)
     return figures
 
 
@@ -443,6 +488,9 @@ def size_run(size: int, pool, query_texts, query_vectors, options, rng) -> dict:
         "build": {name: round(value, 2) for name, value in build.items()},
         "sizes": table_sizes(),
         "synthetic_cosine_to_source_mean": round(float(np.mean(np.sum(vectors * pool_vectors[sources], axis=1))), 4),
+        # How crowded the space is: real chunks' nearest other chunk, against the synthetic set's.
+        "nearest_neighbour_cosine_mean": {"pool": nearest_neighbour_cosine(pool_vectors, rng),
+                                          "synthetic": nearest_neighbour_cosine(vectors, rng)},
     }
     figures.update(size_measure(collection, query_texts, query_vectors, options))
     return figures
@@ -453,16 +501,20 @@ def summary_print(results: dict, embedding_latency: dict) -> None:
     print(f"{'chunks':>8}{'HNSW build s':>14}{'HNSW p50':>10}{'p95':>8}{'exact p50':>11}{'p95':>8}"
           f"{'ratio':>7}{'recall@10':>11}{'hybrid p50':>12}{'p95':>8}")
     for size, figures in results.items():
-        hnsw, exact, hybrid = figures["dense_hnsw_top10"], figures["dense_exact_top10"], figures["chunk_search"]["hybrid"]
+        hnsw, exact = figures["dense_hnsw_top10"], figures["dense_exact_top10"]
+        hybrid = figures["chunk_search"].get("hybrid", {"p50_ms": math.nan, "p95_ms": math.nan})
         print(f"{size:>8}{figures['build']['hnsw_index_seconds']:>14.1f}{hnsw['p50_ms']:>10.2f}{hnsw['p95_ms']:>8.2f}"
               f"{exact['p50_ms']:>11.2f}{exact['p95_ms']:>8.2f}{figures['latency_ratio_exact_over_hnsw_p50']:>6.1f}x"
               f"{figures['recall_at_10_hnsw_vs_exact']:>11.3f}{hybrid['p50_ms']:>12.2f}{hybrid['p95_ms']:>8.2f}")
     for size, figures in results.items():
         sweep = ", ".join(f"ef {ef}: {values['recall_at_10']:.3f} @ {values['p50_ms']:.2f} ms"
+                          + ("" if values["uses_hnsw_index"] else " (planner skipped HNSW: exact scan)")
                           for ef, values in figures["ef_search_sweep"].items())
         modes = ", ".join(f"{mode} {values['p50_ms']:.1f}/{values['p95_ms']:.1f}" for mode, values in figures["chunk_search"].items())
-        print(f"  {size}: chunk_search p50/p95 ms: {modes}; dense recall@100 "
-              f"{figures['chunk_search']['dense'].get('recall_at_100_vs_exact', 'n/a')}")
+        dense_recall = figures["chunk_search"].get("dense", {}).get("recall_at_k_vs_exact")
+        if modes:
+            print(f"  {size}: chunk_search p50/p95 ms: {modes}"
+                  + (f"; dense recall@k {dense_recall:.3f}" if dense_recall is not None else ""))
         if sweep:
             print(f"  {size}: recall@10 by ef_search: {sweep}")
         checks = figures["plans_checked"]
@@ -497,6 +549,7 @@ def main(argv=None) -> None:
     parameters = {
         "sizes": options.sizes, "queries": len(query_texts), "pool": len(pool[0]), "noise": options.noise,
         "chunks_per_document": options.chunks_per_document, "ef_search_sweep": options.ef_search_sweep,
+        "chunk_search_modes": options.modes,
         "warm_up": options.warm_up, "seed": options.seed, "embedding_model": embedding_model_label(),
         "hnsw_ef_search_setting": settings.HNSW_EF_SEARCH, "retrieval_candidates": settings.RETRIEVAL_CANDIDATES,
         "index_build_maintenance_work_mem": options.maintenance_work_mem, "server_settings": server_settings(),

@@ -168,13 +168,13 @@ def beir_collection_load(*, dataset_dir: Path, language: str | None = None,
                          corpus: list[CorpusEntry] | None = None) -> CollectionLoad:
     """Load the corpus into its collection once: ingest only the entries without a ready document.
 
-    `language` (a text-search configuration) defaults to one chosen from the corpus text.
+    `language` (a text-search configuration) is used for a new collection; without it, an
+    existing collection keeps its own and a new one gets the language chosen from the corpus text.
     """
     started = time.perf_counter()
     corpus = corpus if corpus is not None else beir_corpus_read(dataset_dir=dataset_dir)
-    language = language or corpus_language(corpus)
-    collection = collection_get_or_create(name=collection_name(dataset_dir), language=language)
-    if collection.language != language:
+    collection = collection_get_or_create(name=collection_name(dataset_dir), language=language or corpus_language(corpus))
+    if language and collection.language != language:
         raise EvaluationError(
             f"The collection '{collection.name}' exists with text-search language '{collection.language}', "
             f"not '{language}'. Pass --language {collection.language}, or delete the collection to reload it."

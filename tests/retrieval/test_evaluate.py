@@ -173,9 +173,11 @@ def test_chinese_corpus_gets_the_simple_language_and_full_text_finds_its_passage
     assert results["metrics"]["hybrid"]["nDCG@10"] > 0.8
 
 
-def test_language_option_overrides_detection_for_a_new_collection(chineseset, tmp_path):
+def test_language_option_overrides_detection_and_later_runs_keep_it(chineseset, tmp_path):
     results = evaluate(chineseset, "dev", "--mode", "fulltext", "--language", "english", tmp_path=tmp_path)
     assert results["language"] == "english"
+    again = evaluate(chineseset, "dev", "--mode", "fulltext", tmp_path=tmp_path)
+    assert again["language"] == "english" and again["documents_loaded"] == 0
 
 
 def test_a_language_other_than_the_existing_collections_is_refused(chineseset, tmp_path):

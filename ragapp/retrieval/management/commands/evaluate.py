@@ -46,8 +46,9 @@ class Command(BaseCommand):
                             help="Evaluate only the first N judged queries (in queries.jsonl order), for a quick run.")
         parser.add_argument(
             "--language", choices=[code for code, _ in SEARCH_LANGUAGES],
-            help="Text-search language of the collection when it is created. Default: 'simple' when the "
-                 "corpus is mostly Chinese characters, else 'english'.",
+            help="Text-search language of the collection when it is created (an existing collection must "
+                 "match it). Default: an existing collection's own; for a new one 'simple' when the corpus "
+                 "is mostly Chinese characters, else 'english'.",
         )
 
     def handle(self, *args, dataset, split, modes, json_path, queries_path, limit_queries, language, **options):
