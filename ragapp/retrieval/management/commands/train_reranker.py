@@ -1,0 +1,105 @@
+"""manage.py train_reranker: mine hard negatives from hybrid retrieval on a BEIR dataset, train a cross-encoder."""
+
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ragapp.documents.models import SEARCH_LANGUAGES
+from ragapp.retrieval import evaluation, training_data
+from reranking import train
+
+
+class Command(BaseCommand):
+    help = (
+        "Fine-tune a cross-encoder reranker on a BEIR-format dataset (corpus.jsonl, queries.jsonl, "
+        "qrels/SPLIT.tsv). The corpus is loaded into the collection beir-FOLDER (once, as `evaluate` does). "
+        "For each training query, hybrid retrieval's top chunks give the hard negatives (chunks of documents "
+        "the qrels do not judge relevant) and the relevant documents' chunks the positives. The groups are "
+        "written to OUTPUT-groups.jsonl beside the model folder, then reranking.train fine-tunes the model "
+        "and saves it to OUTPUT. Hold queries out for evaluation with --holdout-fraction (or give the "
+        "training ids with --queries), then run `evaluate --queries HELDOUT_FILE` on the others."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dataset", required=True, type=Path,
+                            help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv.")
+        parser.add_argument("--split", required=True,
+                            help="Judgements to train on: qrels/SPLIT.tsv (e.g. train).")
+        parser.add_argument("--output", required=True, type=Path, metavar="DIR",
+                            help="Folder for the trained model (loadable by sentence_transformers.CrossEncoder).")
+        chosen = parser.add_mutually_exclusive_group()
+        chosen.add_argument("--queries", type=Path, dest="queries_path", metavar="FILE",
+                            help="Train only on the query ids listed in FILE, one per line.")
+        chosen.add_argument("--holdout-fraction", type=float, metavar="F",
+                            help="Hold out this share of the split's judged queries (e.g. 0.2), train on the rest, and "
+                                 "write both lists of ids to --splits-dir for `evaluate --queries`. Without this or "
+                                 "--queries, every judged query of the split is trained on.")
+        parser.add_argument("--split-seed", type=int, default=13,
+                            help="Seed of the held-out split (apart from --seed, so that training seeds can vary on "
+                                 "the same held-out queries). Default: 13.")
+        parser.add_argument("--splits-dir", type=Path, metavar="DIR",
+                            help="Where --holdout-fraction writes DATASET-SPLIT-holdoutF-seedS-{train,heldout}.txt. "
+                                 "Default: the folder that holds --output.")
+        parser.add_argument("--depth", type=int, default=training_data.MINING_DEPTH,
+                            help=f"Chunks retrieved per query (hybrid) to mine negatives from. Default: {training_data.MINING_DEPTH}.")
+        parser.add_argument("--language", choices=[code for code, _ in SEARCH_LANGUAGES],
+                            help="Text-search language of the collection when it is created (as for `evaluate`).")
+        train.add_training_arguments(parser)
+
+    def handle(self, *args, dataset, split, output, queries_path, holdout_fraction, split_seed, splits_dir,
+               depth, language, **options):
+        started = time.perf_counter()
+        if not dataset.is_dir():
+            raise CommandError(f"{dataset} is not a folder. Point --dataset at a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
+        try:
+            data = self._training_queries(dataset, split, queries_path, holdout_fraction, split_seed,
+                                          splits_dir or output.resolve().parent)
+            load = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus)
+            mined = training_data.training_groups_mine(dataset=data, collection=load.collection, depth=depth)
+            groups_path = self._groups_write(mined, output)
+            result = train.cross_encoder_train(
+                groups=[group.group for group in mined.groups], output=output,
+                base_model=options["base_model"] or train.default_base_model(),
+                options=train.training_options_from(options),
+            )
+        except (evaluation.EvaluationError, train.TrainingError, ValueError) as error:
+            raise CommandError(str(error)) from error
+        self.stdout.write(train.training_summary(result))
+        self.stdout.write(self._verdict(result, time.perf_counter() - started, groups_path))
+
+    def _training_queries(self, dataset, split, queries_path, holdout_fraction, split_seed, splits_dir) -> evaluation.BeirDataset:
+        """Read the dataset restricted to the training queries (writing the split files when asked)."""
+        if queries_path:
+            return evaluation.beir_dataset_read(dataset_dir=dataset, split=split,
+                                                query_ids=evaluation.query_ids_read(path=queries_path))
+        data = evaluation.beir_dataset_read(dataset_dir=dataset, split=split)
+        if holdout_fraction is None:
+            self.stdout.write(f"Training on all {len(data.queries)} judged queries of {split}: evaluate on another split.")
+            return data
+        query_split = training_data.query_split_write(dataset=data, split=split, holdout_fraction=holdout_fraction,
+                                                      seed=split_seed, splits_dir=splits_dir)
+        self.stdout.write(f"Training on {len(query_split.train_ids)} queries ({query_split.train_path}); "
+                          f"{len(query_split.heldout_ids)} held out ({query_split.heldout_path}).")
+        return evaluation.beir_dataset_read(dataset_dir=dataset, split=split, query_ids=query_split.train_ids)
+
+    def _groups_write(self, mined: training_data.MiningResult, output: Path) -> Path:
+        path = output.resolve().parent / f"{output.resolve().name}-groups.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        train.training_groups_write(groups=(group.as_row() for group in mined.groups), path=path)
+        negatives = sum(len(group.group.negatives) for group in mined.groups)
+        self.stdout.write(
+            f"Mined {len(mined.groups)} groups in {mined.seconds:.0f} s ({path}): {mined.positives_retrieved} relevant "
+            f"documents retrieved, {mined.positives_missed} missed (all their chunks used), "
+            f"{negatives / max(len(mined.groups), 1):.1f} negatives per query, "
+            f"{mined.queries_without_negatives} queries without any."
+        )
+        return path
+
+    def _verdict(self, result: train.TrainingResult, seconds: float, groups_path: Path) -> str:
+        text = f"Done in {seconds:.0f} s (training {result.seconds:.0f} s). Groups: {groups_path}."
+        if result.chance_loss is not None and result.epoch_losses[-1] > result.chance_loss / 3:
+            text += (f" The final loss {result.epoch_losses[-1]:.3f} is not far below ln(group size) = "
+                     f"{result.chance_loss:.3f}: the model is likely undertrained and may rank worse than retrieval "
+                     "alone. Train longer (more epochs or a higher --lr) before using it.")
+        return text

@@ -1,0 +1,135 @@
+"""Training data for the reranker, mined from the app's own retrieval on a BEIR-format dataset.
+
+For each training query, hybrid retrieval (`chunk_search`, the same first stage the reranker
+will sit behind) returns its top k chunks. A group for `reranking.train` is then
+
+- positives: for each document the qrels judge relevant, its best-ranked chunk in those k;
+  a relevant document that retrieval missed gives all its chunks. The best-ranked chunk is
+  the one the reranker will be shown for that document in use, and the document-level metric
+  counts a document by its best chunk, so other chunks of a retrieved relevant document are
+  left out (neither positive nor negative: they may or may not hold the evidence). A missed
+  document has no such pointer; all its chunks are kept (BEIR abstracts are one to three
+  chunks) so that the hardest queries still teach something.
+- negatives: every other chunk of the top k whose document is not judged relevant, in
+  retrieval order (hard negatives: they looked relevant to retrieval).
+
+Users' feedback on answers is a second source for later: a function that turns feedback rows
+into the same `TrainingGroup`s (rated-up cited chunk as positive, the other candidates of that
+answer as negatives) can be added beside `training_groups_mine`, and the command concatenates
+the groups of both sources before training.
+"""
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ragapp.documents.models import Chunk, Collection, Document
+from ragapp.retrieval.evaluation import BeirDataset
+from ragapp.retrieval.selectors import chunk_search
+from reranking.train import TrainingGroup
+
+MINING_DEPTH = 100  # chunks retrieved per query, as in the reranker's use
+
+
+@dataclass(frozen=True)
+class MinedGroup:
+    query_id: str
+    group: TrainingGroup
+
+    def as_row(self) -> dict:
+        """The JSONL row `reranking.train` reads (the query id rides along for people)."""
+        row = {"query_id": self.query_id, "query": self.group.query,
+               "positives": self.group.positives, "negatives": self.group.negatives}
+        if self.group.positive_labels is not None:
+            row["positive_labels"] = self.group.positive_labels
+        return row
+
+
+@dataclass(frozen=True)
+class MiningResult:
+    groups: list[MinedGroup]
+    positives_retrieved: int  # relevant documents found in the top k (their best chunk is the positive)
+    positives_missed: int  # relevant documents outside the top k (all their chunks are positives)
+    queries_without_negatives: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class QuerySplit:
+    train_ids: list[str]
+    heldout_ids: list[str]
+    train_path: Path
+    heldout_path: Path
+
+
+def training_groups_mine(*, dataset: BeirDataset, collection: Collection, depth: int = MINING_DEPTH,
+                         progress: bool = True) -> MiningResult:
+    """Build one group per query of `dataset` from its hybrid top `depth` and its qrels."""
+    started = time.perf_counter()
+    documents = dict(Document.objects.filter(collection=collection).values_list("external_id", "pk"))
+    max_relevance = max((grade for judged in dataset.qrels.values() for grade in judged.values()), default=1)
+    groups, retrieved, missed, without_negatives = [], 0, 0, 0
+    for query_id, text in tqdm(dataset.queries.items(), desc="Mining hard negatives", unit="query", disable=not progress):
+        relevant = {documents[corpus_id]: grade for corpus_id, grade in dataset.qrels[query_id].items()
+                    if grade > 0 and corpus_id in documents}
+        candidates = chunk_search(query=text, collection=collection, k=depth, mode="hybrid")
+        best_chunks = _best_chunk_per_document(candidates, relevant)
+        positives, labels = _positives(best_chunks, relevant, max_relevance)
+        negatives = list(dict.fromkeys(
+            c.chunk.text for c in candidates if c.chunk.document.id not in relevant and c.chunk.text not in positives
+        ))
+        retrieved, missed = retrieved + len(best_chunks), missed + len(relevant) - len(best_chunks)
+        without_negatives += not negatives
+        groups.append(MinedGroup(query_id=query_id, group=TrainingGroup(
+            query=text, positives=positives, negatives=negatives,
+            positive_labels=labels if any(label != 1.0 for label in labels) else None,
+        )))
+    return MiningResult(groups=groups, positives_retrieved=retrieved, positives_missed=missed,
+                        queries_without_negatives=without_negatives, seconds=time.perf_counter() - started)
+
+
+def _best_chunk_per_document(candidates, relevant: dict[int, int]) -> dict[int, str]:
+    """Relevant document pk -> text of its first (best-ranked) chunk among the candidates."""
+    best: dict[int, str] = {}
+    for candidate in candidates:
+        if candidate.chunk.document.id in relevant:
+            best.setdefault(candidate.chunk.document.id, candidate.chunk.text)
+    return best
+
+
+def _positives(best_chunks: dict[int, str], relevant: dict[int, int], max_relevance: int) -> tuple[list[str], list[float]]:
+    """Positive texts with their labels (relevance / the dataset's highest grade), retrieved ones first."""
+    missed = [pk for pk in relevant if pk not in best_chunks]
+    missed_chunks = Chunk.objects.filter(document_id__in=missed).order_by("document_id", "ordinal").values_list("document_id", "text")
+    labels: dict[str, float] = {}  # text -> label; a text shared by two documents counts once
+    for pk, text in [*best_chunks.items(), *missed_chunks]:
+        labels.setdefault(text, relevant[pk] / max_relevance)
+    return list(labels), list(labels.values())
+
+
+def query_ids_split(*, query_ids: Sequence[str], holdout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split query ids into (train, held-out) by a seeded shuffle; both keep the input order."""
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"The held-out fraction must be between 0 and 1, got {holdout_fraction}.")
+    unique = list(dict.fromkeys(query_ids))
+    shuffled = sorted(unique)  # independent of the input order: the same ids always split the same way
+    random.Random(seed).shuffle(shuffled)
+    heldout = set(shuffled[: round(len(unique) * holdout_fraction)])
+    return [qid for qid in unique if qid not in heldout], [qid for qid in unique if qid in heldout]
+
+
+def query_split_write(*, dataset: BeirDataset, split: str, holdout_fraction: float, seed: int,
+                      splits_dir: Path) -> QuerySplit:
+    """Split the dataset's judged queries and write two files of ids (one a line) for `evaluate --queries`."""
+    train_ids, heldout_ids = query_ids_split(query_ids=list(dataset.queries), holdout_fraction=holdout_fraction, seed=seed)
+    splits_dir = Path(splits_dir)
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{dataset.name}-{split}-holdout{holdout_fraction:g}-seed{seed}"
+    paths = splits_dir / f"{stem}-train.txt", splits_dir / f"{stem}-heldout.txt"
+    for path, ids in zip(paths, (train_ids, heldout_ids)):
+        path.write_text("".join(f"{qid}\n" for qid in ids), encoding="utf-8")
+    return QuerySplit(train_ids=train_ids, heldout_ids=heldout_ids, train_path=paths[0], heldout_path=paths[1])

@@ -1,0 +1,133 @@
+"""Reranker training data mined from hybrid retrieval, query splits, and manage.py train_reranker."""
+
+import json
+
+import pytest
+from django.core.management import call_command
+
+from ragapp.documents.models import Chunk
+from ragapp.retrieval import evaluation, training_data
+from ragapp.retrieval.selectors import chunk_search
+from reranking.synthetic import build_preset_cross_encoder
+from tests.retrieval.test_evaluate import write_beir
+
+# Two chunks (more than CHUNK_TOKENS): the first about what the whale eats, the second about its songs.
+WHALE_TEXT = (" ".join(f"In survey {number} the blue whale was seen eating krill near the surface." for number in range(12))
+              + " " + " ".join(f"Recording {number} captured low whale songs travelling far through the ocean." for number in range(12)))
+CORPUS = {
+    "whale": ("Blue whales", WHALE_TEXT),
+    "bread": ("Sourdough bread", "A sourdough starter of wild yeast and flour leavens the dough overnight."),
+    "volcano": ("Volcanoes", "Magma rises through the crust and erupts as lava, ash and volcanic gas."),
+    "bees": ("Honey bees", "Worker bees collect nectar and pollen and turn nectar into honey in the hive."),
+    "glacier": ("Glaciers", "Glaciers are rivers of ice that carve valleys as they slowly move downhill."),
+    "saturn": ("Saturn", "Saturn's rings are made of ice and rock orbiting the gas giant planet."),
+}
+QUERIES = {
+    "q-whale": ("What does the blue whale eat?", "whale"),
+    "q-bread": ("How is sourdough bread leavened?", "bread"),
+    "q-volcano": ("What comes out when a volcano erupts?", "volcano"),
+    "q-bees": ("How do bees make honey?", "bees"),
+    "q-saturn": ("What are the rings of Saturn made of?", "saturn"),
+}
+
+
+@pytest.fixture
+def beir_folder(tmp_path):
+    folder = write_beir(tmp_path / "minedset", CORPUS, QUERIES)
+    with (folder / "qrels" / "train.tsv").open("a", encoding="utf-8") as qrels:
+        qrels.write("q-bread\twhale\t1\n")  # a relevant document that a bread query will not retrieve
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory):
+    return build_preset_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"), "tiny", seed=3)
+
+
+def mine(folder, depth=100):
+    dataset = evaluation.beir_dataset_read(dataset_dir=folder, split="train")
+    collection = evaluation.beir_collection_load(dataset_dir=folder, corpus=dataset.corpus).collection
+    mined = training_data.training_groups_mine(dataset=dataset, collection=collection, depth=depth, progress=False)
+    return collection, {group.query_id: group.group for group in mined.groups}, mined
+
+
+def chunk_texts(collection, corpus_id) -> list[str]:
+    return list(Chunk.objects.filter(document__collection=collection, document__external_id=corpus_id)
+                .order_by("ordinal").values_list("text", flat=True))
+
+
+@pytest.mark.django_db
+def test_mining_takes_the_best_ranked_chunk_of_a_retrieved_relevant_document_and_never_a_relevant_negative(beir_folder):
+    collection, groups, mined = mine(beir_folder)
+    whale_chunks = chunk_texts(collection, "whale")
+    assert len(whale_chunks) == 2
+
+    best = next(c.chunk.text for c in chunk_search(query="What does the blue whale eat?", collection=collection, k=100)
+                if c.chunk.text in whale_chunks)
+    assert groups["q-whale"].positives == [best]
+    assert not set(whale_chunks) & set(groups["q-whale"].negatives)
+    assert len(groups["q-whale"].negatives) == len(CORPUS) - 1  # every other document's chunk, once
+    for query_id, (_, relevant) in QUERIES.items():
+        assert not set(chunk_texts(collection, relevant)) & set(groups[query_id].negatives)
+    assert mined.queries_without_negatives == 0
+
+
+@pytest.mark.django_db
+def test_a_relevant_document_outside_the_top_k_gives_all_its_chunks(beir_folder):
+    collection, groups, mined = mine(beir_folder, depth=2)
+
+    bread = groups["q-bread"]
+    assert bread.positives[0] in chunk_texts(collection, "bread")  # retrieved: first
+    assert bread.positives[1:] == chunk_texts(collection, "whale")  # missed: all its chunks, in order
+    assert not set(bread.positives) & set(bread.negatives)
+    assert mined.positives_missed >= 1
+
+
+def test_query_split_is_seeded_disjoint_and_covers_every_query():
+    query_ids = [f"q{number}" for number in range(50)]
+
+    train_ids, heldout_ids = training_data.query_ids_split(query_ids=query_ids, holdout_fraction=0.2, seed=13)
+
+    assert len(heldout_ids) == 10 and not set(train_ids) & set(heldout_ids)
+    assert sorted(train_ids + heldout_ids) == sorted(query_ids)
+    assert (train_ids, heldout_ids) == training_data.query_ids_split(query_ids=query_ids, holdout_fraction=0.2, seed=13)
+    reordered = training_data.query_ids_split(query_ids=list(reversed(query_ids)), holdout_fraction=0.2, seed=13)
+    assert reordered[1] == list(reversed(heldout_ids))  # the same queries, whatever the input order
+    assert training_data.query_ids_split(query_ids=query_ids, holdout_fraction=0.2, seed=14)[1] != heldout_ids
+
+
+@pytest.mark.django_db
+def test_command_writes_split_files_and_groups_then_a_cross_encoder_folder(beir_folder, tiny_cross_encoder, tmp_path, capsys):
+    from sentence_transformers import CrossEncoder
+
+    output = tmp_path / "models" / "reranker"
+    call_command("train_reranker", "--dataset", str(beir_folder), "--split", "train", "--output", str(output),
+                 "--holdout-fraction", "0.4", "--split-seed", "13", "--splits-dir", str(tmp_path / "splits"),
+                 "--base-model", str(tiny_cross_encoder), "--epochs", "1", "--group-size", "4",
+                 "--max-length", "64", "--max-query-tokens", "16", "--device", "cpu", "--threads", "1")
+
+    train_file, = (tmp_path / "splits").glob("*-train.txt")
+    heldout_file, = (tmp_path / "splits").glob("*-heldout.txt")
+    train_ids = evaluation.query_ids_read(path=train_file)
+    heldout_ids = evaluation.query_ids_read(path=heldout_file)
+    assert len(heldout_ids) == 2 and sorted(train_ids + heldout_ids) == sorted(QUERIES)
+    rows = [json.loads(line) for line in (tmp_path / "models" / "reranker-groups.jsonl").read_text().splitlines()]
+    assert [row["query_id"] for row in rows] == train_ids
+    scores = CrossEncoder(str(output), device="cpu").predict([("What does the blue whale eat?", "Krill.")])
+    assert 0 < scores[0] < 1
+    out = capsys.readouterr().out
+    assert "ln(group size)" in out and "Done in" in out
+
+
+@pytest.mark.django_db
+def test_command_trains_only_on_the_queries_of_a_file(beir_folder, tiny_cross_encoder, tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("q-whale\nq-bees\n")
+
+    call_command("train_reranker", "--dataset", str(beir_folder), "--split", "train", "--output", str(tmp_path / "model"),
+                 "--queries", str(queries), "--base-model", str(tiny_cross_encoder), "--epochs", "1",
+                 "--group-size", "4", "--max-length", "64", "--max-query-tokens", "16", "--device", "cpu", "--threads", "1")
+
+    rows = (tmp_path / "model-groups.jsonl").read_text().splitlines()
+    assert [json.loads(row)["query_id"] for row in rows] == ["q-whale", "q-bees"]
+    assert (tmp_path / "model" / "reranker_training.json").is_file()
