@@ -67,6 +67,7 @@ def test_uploaded_pdf_reaches_ready_with_chunks_without_other_steps(served):
     collection_form = client.get("/admin/documents/collection/add/")
     created = client.post("/admin/documents/collection/add/", data={
         "name": "Policies", "slug": "policies", "language": "english", "reranking_enabled": "on",
+        "rerank_fusion_weight": "1.0",
         "csrfmiddlewaretoken": csrf_token(collection_form.text),
     })
     assert "was added successfully" in created.text
