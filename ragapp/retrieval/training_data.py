@@ -72,24 +72,31 @@ def training_groups_mine(*, dataset: BeirDataset, collection: Collection, depth:
     started = time.perf_counter()
     documents = dict(Document.objects.filter(collection=collection).values_list("external_id", "pk"))
     max_relevance = max((grade for judged in dataset.qrels.values() for grade in judged.values()), default=1)
-    groups, retrieved, missed, without_negatives = [], 0, 0, 0
+    groups, retrieved, missed = [], 0, 0
     for query_id, text in tqdm(dataset.queries.items(), desc="Mining hard negatives", unit="query", disable=not progress):
         relevant = {documents[corpus_id]: grade for corpus_id, grade in dataset.qrels[query_id].items()
                     if grade > 0 and corpus_id in documents}
-        candidates = chunk_search(query=text, collection=collection, k=depth, mode="hybrid")
-        best_chunks = _best_chunk_per_document(candidates, relevant)
-        positives, labels = _positives(best_chunks, relevant, max_relevance)
-        negatives = list(dict.fromkeys(
-            c.chunk.text for c in candidates if c.chunk.document.id not in relevant and c.chunk.text not in positives
-        ))
-        retrieved, missed = retrieved + len(best_chunks), missed + len(relevant) - len(best_chunks)
-        without_negatives += not negatives
-        groups.append(MinedGroup(query_id=query_id, group=TrainingGroup(
-            query=text, positives=positives, negatives=negatives,
-            positive_labels=labels if any(label != 1.0 for label in labels) else None,
-        )))
+        group, found = query_group_mine(query=text, relevant=relevant, collection=collection, depth=depth,
+                                        max_relevance=max_relevance)
+        groups.append(MinedGroup(query_id=query_id, group=group))
+        retrieved, missed = retrieved + found, missed + len(relevant) - found
     return MiningResult(groups=groups, positives_retrieved=retrieved, positives_missed=missed,
-                        queries_without_negatives=without_negatives, seconds=time.perf_counter() - started)
+                        queries_without_negatives=sum(not mined.group.negatives for mined in groups),
+                        seconds=time.perf_counter() - started)
+
+
+def query_group_mine(*, query: str, relevant: dict[int, int], collection: Collection, depth: int,
+                     max_relevance: int) -> tuple[TrainingGroup, int]:
+    """One query's group (`relevant`: document pk -> grade) and how many relevant documents were retrieved."""
+    candidates = chunk_search(query=query, collection=collection, k=depth, mode="hybrid")
+    best_chunks = _best_chunk_per_document(candidates, relevant)
+    positives, labels = _positives(best_chunks, relevant, max_relevance)
+    negatives = list(dict.fromkeys(
+        c.chunk.text for c in candidates if c.chunk.document.id not in relevant and c.chunk.text not in positives
+    ))
+    group = TrainingGroup(query=query, positives=positives, negatives=negatives,
+                          positive_labels=labels if any(label != 1.0 for label in labels) else None)
+    return group, len(best_chunks)
 
 
 def _best_chunk_per_document(candidates, relevant: dict[int, int]) -> dict[int, str]:
