@@ -102,6 +102,7 @@ def test_saved_folder_loads_as_a_sentence_transformers_cross_encoder_with_sigmoi
     record = json.loads((output / train.TRAINING_RECORD).read_text())
     assert len(record["epoch_losses"]) == QUICK.epochs and record["options"]["loss"] == "infonce"
     assert record["chance_loss"] == pytest.approx(math.log(QUICK.group_size))
+    assert len(record["step_losses"]) == record["steps"] and record["final_loss"] < record["epoch_losses"][0]
 
 
 def test_a_plain_encoder_gets_a_fresh_one_logit_head(tmp_path):

@@ -98,8 +98,8 @@ class Command(BaseCommand):
 
     def _verdict(self, result: train.TrainingResult, seconds: float, groups_path: Path) -> str:
         text = f"Done in {seconds:.0f} s (training {result.seconds:.0f} s). Groups: {groups_path}."
-        if result.chance_loss is not None and result.epoch_losses[-1] > result.chance_loss / 3:
-            text += (f" The final loss {result.epoch_losses[-1]:.3f} is not far below ln(group size) = "
+        if result.chance_loss is not None and result.final_loss > result.chance_loss / 3:
+            text += (f" The final loss {result.final_loss:.3f} is not far below ln(group size) = "
                      f"{result.chance_loss:.3f}: the model is likely undertrained and may rank worse than retrieval "
                      "alone. Train longer (more epochs or a higher --lr) before using it.")
         return text
