@@ -50,6 +50,7 @@ class BeirDataset:
     queries: dict[str, str]  # query id -> text, only the queries to evaluate, in file order
     qrels: dict[str, dict[str, int]]  # query id -> {corpus id: relevance}, for those queries
     skipped_queries: int  # queries left out because the split judges none of their documents
+    duplicate_entries: int = 0  # corpus entries with the same title and text as an earlier one
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,9 @@ def beir_dataset_read(*, dataset_dir: Path, split: str, query_ids: Iterable[str]
                       limit_queries: int | None = None) -> BeirDataset:
     """Read a BEIR folder; keep the queries judged in `split` (and in `query_ids`, when given)."""
     dataset_dir = Path(dataset_dir)
-    corpus = beir_corpus_read(dataset_dir=dataset_dir)
+    corpus, aliases = corpus_deduplicate(beir_corpus_read(dataset_dir=dataset_dir))
     all_queries = _jsonl_read(_required_file(dataset_dir / "queries.jsonl"))
-    qrels = beir_qrels_read(dataset_dir=dataset_dir, split=split)
+    qrels = _qrels_on_kept_entries(beir_qrels_read(dataset_dir=dataset_dir, split=split), aliases)
     queries = {row["_id"]: row["text"] for row in all_queries}
     if query_ids is not None:
         queries = _restrict_queries(queries, list(query_ids))
@@ -90,6 +91,7 @@ def beir_dataset_read(*, dataset_dir: Path, split: str, query_ids: Iterable[str]
     return BeirDataset(
         name=dataset_dir.resolve().name, corpus=corpus, queries=judged,
         qrels={query_id: qrels[query_id] for query_id in judged}, skipped_queries=skipped,
+        duplicate_entries=len(aliases),
     )
 
 
@@ -98,6 +100,33 @@ def beir_corpus_read(*, dataset_dir: Path) -> list[CorpusEntry]:
         CorpusEntry(id=str(row["_id"]), title=row.get("title") or "", text=row.get("text") or "")
         for row in _jsonl_read(_required_file(Path(dataset_dir) / "corpus.jsonl"))
     ]
+
+
+def corpus_deduplicate(corpus: list[CorpusEntry]) -> tuple[list[CorpusEntry], dict[str, str]]:
+    """Keep the first of entries with the same title and text; map each dropped id to the kept one.
+
+    The collection stores identical files once (same sha256), so a duplicate entry can never
+    be retrieved under its own id: judgements that name it are moved to the kept entry.
+    """
+    kept: dict[tuple[str, str], str] = {}
+    unique, aliases = [], {}
+    for entry in corpus:
+        first = kept.setdefault((entry.title, entry.text), entry.id)
+        if first == entry.id:
+            unique.append(entry)
+        else:
+            aliases[entry.id] = first
+    return unique, aliases
+
+
+def _qrels_on_kept_entries(qrels: dict[str, dict[str, int]], aliases: dict[str, str]) -> dict[str, dict[str, int]]:
+    moved: dict[str, dict[str, int]] = {}
+    for query_id, judgements in qrels.items():
+        merged = moved.setdefault(query_id, {})
+        for corpus_id, relevance in judgements.items():
+            kept_id = aliases.get(corpus_id, corpus_id)
+            merged[kept_id] = max(relevance, merged.get(kept_id, relevance))
+    return moved
 
 
 def beir_qrels_read(*, dataset_dir: Path, split: str) -> dict[str, dict[str, int]]:
@@ -172,7 +201,7 @@ def beir_collection_load(*, dataset_dir: Path, language: str | None = None,
     existing collection keeps its own and a new one gets the language chosen from the corpus text.
     """
     started = time.perf_counter()
-    corpus = corpus if corpus is not None else beir_corpus_read(dataset_dir=dataset_dir)
+    corpus = corpus if corpus is not None else corpus_deduplicate(beir_corpus_read(dataset_dir=dataset_dir))[0]
     collection = collection_get_or_create(name=collection_name(dataset_dir), language=language or corpus_language(corpus))
     if language and collection.language != language:
         raise EvaluationError(

@@ -135,6 +135,23 @@ def test_a_partly_loaded_collection_gets_only_its_missing_documents(tinyset, tmp
     assert Document.objects.count() == len(ENGLISH_CORPUS)
 
 
+def test_a_repeated_corpus_entry_is_stored_once_and_its_judgements_count_for_the_stored_one(tmp_path):
+    # CMRC 2018 repeats passages under new ids; a query judged against the repeat must still
+    # find its passage, which the collection holds once, under the first id.
+    corpus = {**ENGLISH_CORPUS, "whale-again": ENGLISH_CORPUS["whale"]}
+    queries = {**ENGLISH_QUERIES, "q-whale": ("What does the blue whale eat?", "whale-again")}
+    folder = write_beir(tmp_path / "repeats", corpus, queries)
+    results = evaluate(folder, "train", "--mode", "fulltext", tmp_path=tmp_path)
+    assert results["counts"]["duplicate_entries"] == 1 and results["counts"]["corpus"] == len(ENGLISH_CORPUS)
+    assert results["documents_loaded"] == len(ENGLISH_CORPUS)
+    assert Document.objects.filter(external_id="whale-again").count() == 0
+    only_whale = tmp_path / "whale.txt"
+    only_whale.write_text("q-whale\n")
+    whale = evaluate(folder, "train", "--mode", "fulltext", "--queries", str(only_whale), tmp_path=tmp_path)
+    assert whale["metrics"]["fulltext"]["R@10"] == 1.0
+    assert whale["documents_loaded"] == 0
+
+
 def test_queries_file_restricts_the_evaluated_queries(tinyset, tmp_path):
     query_file = tmp_path / "queries.txt"
     query_file.write_text("q-whale\nq-bees\n\n")

@@ -83,6 +83,9 @@ class Command(BaseCommand):
             self.stdout.write(f"Reusing collection {collection.name} ({len(data.corpus)} documents, language {collection.language}).")
         if load.failed:
             self.stderr.write(f"{load.failed} corpus entries could not be ingested (see the documents' errors in the admin); they are never retrieved.")
+        if data.duplicate_entries:
+            self.stdout.write(f"{data.duplicate_entries} corpus entries repeat an earlier entry's title and text: "
+                              "stored once, and their judgements count for the stored one.")
         skipped = f", {data.skipped_queries} without judgements skipped" if data.skipped_queries else ""
         self.stdout.write(f"Evaluating {len(data.queries)} queries{skipped}.")
 
@@ -117,6 +120,7 @@ def results_json(data: evaluation.BeirDataset, split: str, load: evaluation.Coll
             "corpus": len(data.corpus),
             "queries": len(data.queries),
             "skipped_queries": data.skipped_queries,
+            "duplicate_entries": data.duplicate_entries,
             "failed_documents": load.failed,
         },
         "ms_per_query": {mode: round(result.ms_per_query, 2) for mode, result in results.items()},
