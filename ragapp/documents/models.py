@@ -141,6 +141,24 @@ class Chunk(models.Model):
         return f"{self.document} #{self.ordinal}"
 
 
+class CollectionTextStatistics(models.Model):
+    """The collection totals BM25 needs, kept current by triggers on the chunk table.
+
+    Full-text ranking divides each chunk's length by the collection's mean; counting that on
+    every question would read every chunk. Database triggers (migration 0003) add and subtract
+    each inserted, deleted or updated chunk, whatever code path or cascade changed it.
+    """
+
+    collection = models.OneToOneField(
+        Collection, on_delete=models.CASCADE, primary_key=True, related_name="text_statistics",
+    )
+    chunk_count = models.BigIntegerField(default=0)
+    lexeme_count = models.BigIntegerField(default=0)  # sum of length(search_vector): distinct lexemes per chunk
+
+    def __str__(self) -> str:
+        return f"{self.collection}: {self.chunk_count} chunks"
+
+
 class EmbeddingSpace(models.Model):
     """The embedding model whose vectors the chunk table holds (a single row)."""
 

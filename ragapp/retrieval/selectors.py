@@ -26,10 +26,20 @@ class Candidate:
         return self.chunk.document
 
 
+# BM25's term-frequency saturation and length normalisation: Anserini's defaults for BEIR.
+BM25_K1 = 0.9
+BM25_B = 0.4
+
 # Each side takes its own top k inside the collection, then reciprocal rank fusion:
 # score = sum over sides of 1 / (rrf_k + rank). A chunk found by one side only still scores.
-# Full-text search ORs the question's words (websearch_to_tsquery ANDs them, and a
-# natural-language question rarely has every word in one passage); quoted phrases stay phrases.
+#
+# The full-text side ranks by BM25 over chunks. PostgreSQL's ts_rank has no inverse document
+# frequency, so a common word counts as much as a rare one (SciFact nDCG@10 0.41 against 0.68
+# with BM25). Here each query lexeme's document frequency is counted through the GIN index,
+# term frequencies come from the tsvector's position lists, a chunk's length is its number of
+# distinct lexemes, and the collection's totals come from CollectionTextStatistics.
+# Matching ORs the question's words (websearch_to_tsquery ANDs them, and a natural-language
+# question rarely has every word in one passage); quoted phrases stay phrases.
 HYBRID_SQL = """
 WITH query AS (
     SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS terms
@@ -46,10 +56,40 @@ nearest AS (
 dense AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM nearest
 ),
-fulltext AS (
-    SELECT chunk.id, row_number() OVER (ORDER BY ts_rank_cd(chunk.search_vector, query.terms, 1) DESC, chunk.id) AS rank
-    FROM documents_chunk AS chunk, query
+statistics AS (
+    SELECT chunk_count::float8 AS chunks, lexeme_count::float8 / greatest(chunk_count, 1) AS mean_length
+    FROM documents_collectiontextstatistics
+    WHERE collection_id = %(collection_id)s AND %(fulltext_k)s > 0
+),
+query_lexemes AS (
+    SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector(%(language)s::regconfig, %(text)s))) AS lexeme
+),
+lexeme_weights AS (
+    SELECT query_lexemes.lexeme, ln(1 + (statistics.chunks - frequency.chunks + 0.5) / (frequency.chunks + 0.5)) AS idf
+    FROM query_lexemes, statistics,
+         LATERAL (
+             SELECT count(*) AS chunks FROM documents_chunk AS chunk
+             WHERE chunk.collection_id = %(collection_id)s
+               -- The lexeme quoted as a tsquery constant, so that it is matched as it is.
+               AND chunk.search_vector @@ ('''' || replace(replace(query_lexemes.lexeme, '\\', '\\\\'), '''', '''''') || '''')::tsquery
+         ) AS frequency
+    WHERE frequency.chunks > 0
+),
+bm25 AS (
+    SELECT chunk.id,
+           sum(weight.idf * term.frequency * (%(k1)s + 1)
+               / (term.frequency + %(k1)s * (1 - %(b)s + %(b)s * length(chunk.search_vector) / statistics.mean_length))) AS score
+    FROM documents_chunk AS chunk
+         CROSS JOIN query
+         CROSS JOIN statistics
+         CROSS JOIN LATERAL unnest(chunk.search_vector) AS entry(lexeme, positions, weights)
+         JOIN lexeme_weights AS weight ON weight.lexeme = entry.lexeme
+         CROSS JOIN LATERAL (SELECT coalesce(array_length(entry.positions, 1), 1)::float8 AS frequency) AS term
     WHERE chunk.collection_id = %(collection_id)s AND chunk.search_vector @@ query.terms
+    GROUP BY chunk.id
+),
+fulltext AS (
+    SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM bm25
     ORDER BY rank
     LIMIT %(fulltext_k)s
 ),
@@ -76,24 +116,34 @@ def chunk_search(*, query: str, collection: Collection, k: int | None = None,
     `k` candidates are taken from each side (default RETRIEVAL_CANDIDATES); `mode` picks
     one side alone ("dense", "fulltext") or both fused ("hybrid").
     """
+    k = k or settings.RETRIEVAL_CANDIDATES
+    params = search_parameters(query=query, collection=collection, k=k, limit=limit or k, mode=mode)
+    with transaction.atomic(), connection.cursor() as cursor:
+        _tune_hnsw_scan(cursor, k)
+        cursor.execute(HYBRID_SQL, params)
+        return [_candidate_from_row(row) for row in cursor.fetchall()]
+
+
+def search_parameters(*, query: str, collection: Collection, k: int, limit: int, mode: str,
+                      embedding: list[float] | None = None) -> dict:
+    """HYBRID_SQL's parameters; a side that `mode` leaves out takes 0 rows. `embedding` skips the model."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    k = k or settings.RETRIEVAL_CANDIDATES
     use_dense, use_fulltext = mode in ("dense", "hybrid"), mode in ("fulltext", "hybrid")
-    params = {
-        "embedding": embed_query(query).tolist() if use_dense else None,
+    if use_dense and embedding is None:
+        embedding = embed_query(query).tolist()
+    return {
+        "embedding": embedding if use_dense else None,
         "language": collection.language,
         "text": (segment_for_search(query) or query) if use_fulltext else "",
         "collection_id": collection.pk,
         "dense_k": k if use_dense else 0,
         "fulltext_k": k if use_fulltext else 0,
         "rrf_k": settings.RRF_K,
-        "limit": limit or k,
+        "k1": BM25_K1,
+        "b": BM25_B,
+        "limit": limit,
     }
-    with transaction.atomic(), connection.cursor() as cursor:
-        _tune_hnsw_scan(cursor, k)
-        cursor.execute(HYBRID_SQL, params)
-        return [_candidate_from_row(row) for row in cursor.fetchall()]
 
 
 def _tune_hnsw_scan(cursor, k: int) -> None:

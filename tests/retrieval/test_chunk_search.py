@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from ragapp.documents.models import Chunk, Document
+from ragapp.documents.models import Chunk, CollectionTextStatistics, Document
+from ragapp.documents.services import document_delete
 from ragapp.documents.services import collection_get_or_create
-from ragapp.retrieval.selectors import HYBRID_SQL, chunk_search
+from ragapp.retrieval.selectors import HYBRID_SQL, chunk_search, search_parameters
 
 pytestmark = pytest.mark.django_db
 
@@ -86,11 +87,49 @@ def test_nearest_neighbour_query_uses_the_hnsw_index(collection):
               char_start=0, char_end=5, token_count=2, embedding=vector)
         for i, vector in enumerate(vectors)
     )
-    params = {"embedding": vectors[0].tolist(), "language": "english", "text": "marker7", "collection_id": collection.pk,
-              "dense_k": 100, "fulltext_k": 100, "rrf_k": 60, "limit": 100}
+    params = search_parameters(query="marker7", collection=collection, k=100, limit=100, mode="hybrid",
+                               embedding=vectors[0].tolist())
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE documents_chunk")
         cursor.execute("EXPLAIN " + HYBRID_SQL, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Index Scan using chunk_embedding_hnsw" in plan, plan
     assert "chunk_search_vector_gin" in plan, plan
+
+
+def test_a_rare_word_outranks_a_common_word_repeated(collection, ingest):
+    """BM25's inverse document frequency: ts_rank would put the repeated common word first."""
+    for index in range(6):
+        ingest(collection, f"memo{index}.txt", f"Memo {index}: the budget meeting moved to room {index}.".encode())
+    ingest(collection, "budget.txt", b"Budget, budget, budget: the budget is the budget.")
+    ingest(collection, "helicopter.txt", b"The helicopter pad is on the roof.")
+    results = chunk_search(query="budget helicopter", collection=collection, k=10, mode="fulltext")
+    assert results[0].document.original_filename == "helicopter.txt"
+    assert results[1].document.original_filename == "budget.txt"
+
+
+def test_quotes_and_backslashes_in_a_question_are_searched_as_text(collection, ingest):
+    ingest(collection, "paths.txt", rb"O'Reilly keeps the files under C:\\data\\reports.")
+    results = chunk_search(query=r"O'Reilly's C:\\data\\ 'reports' \\", collection=collection, k=10, mode="fulltext")
+    assert results[0].document.original_filename == "paths.txt"
+
+
+def _statistics_hold(collection):
+    stored = CollectionTextStatistics.objects.filter(collection=collection).first()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), coalesce(sum(length(search_vector)), 0) FROM documents_chunk WHERE collection_id = %s",
+                       [collection.pk])
+        chunks, lexemes = cursor.fetchone()
+    return (stored.chunk_count, stored.lexeme_count) == (chunks, lexemes) if stored else chunks == 0
+
+
+def test_collection_statistics_follow_ingest_reingest_update_and_delete(collection, policies, ingest):
+    assert _statistics_hold(collection) and collection.text_statistics.chunk_count == len(POLICIES)
+    ingest(collection, "long.txt", ("A long handbook paragraph about expenses. " * 300).encode())
+    assert _statistics_hold(collection)
+    Chunk.objects.filter(collection=collection, document=policies["kitchen.txt"]).update(text="Descaling moved to Monday mornings.")
+    assert _statistics_hold(collection)
+    document_delete(document=policies["travel.txt"])
+    assert _statistics_hold(collection)
+    Document.objects.filter(collection=collection).delete()
+    assert _statistics_hold(collection) and CollectionTextStatistics.objects.get(collection=collection).chunk_count == 0
