@@ -10,7 +10,7 @@ rankings against the qrels.
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ir_measures
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ragapp.documents.models import Collection, Document
 from ragapp.documents.segmentation import CHINESE_RUN
 from ragapp.documents.services import collection_get_or_create, document_create, document_ingest
+from ragapp.retrieval.rerank_client import RerankerPool, RerankerUnavailable, rerank_order
 from ragapp.retrieval.selectors import chunk_search
 
 # Documents ranked per query: the depth of the deepest metric (R@100).
@@ -261,26 +262,107 @@ def ranked_documents(document_ids: Iterable[int], *, depth: int) -> list[int]:
     return list(ranking)
 
 
-# Mode name -> ranker. A new mode (e.g. a cross-encoder rerank) is one more entry here, or
-# an entry the caller adds to the mapping it passes to `retrieval_evaluate`.
+# Mode name -> ranker, for the modes that need nothing but the database.
 DOCUMENT_RANKERS: dict[str, Ranker] = {mode: search_ranker(mode) for mode in ("dense", "fulltext", "hybrid")}
+# Modes that also need a reranker: its order alone, and its order fused with retrieval's.
+RERANK_MODES = ("rerank", "hybrid+rerank")
+FUSION_WEIGHTS = tuple(round(0.1 * step, 1) for step in range(11))  # what --tune-fusion tries
+
+# The reranker's relevance of each passage to the query, in passage order.
+PassageScorer = Callable[[str, list[str]], list[float]]
+
+
+def worker_scorer(urls: list[str], *, timeout: float = 60.0) -> PassageScorer:
+    """Scores from reranker workers over HTTP. A worker failure stops the evaluation (no silent fallback)."""
+    pool = RerankerPool(urls, timeout=timeout, retry_after=0)
+
+    def score(query: str, passages: list[str]) -> list[float]:
+        try:
+            return pool.scores(query=query, documents=passages)[0]
+        except RerankerUnavailable as error:
+            raise EvaluationError(f"The reranker did not answer: {error}.") from error
+
+    return score
+
+
+def model_scorer(model: str, *, backend: str = "torch") -> PassageScorer:
+    """Scores from a cross-encoder loaded in this process (a hub id or a folder, e.g. train_reranker's)."""
+    from reranking.model import CrossEncoderScorer, ModelLoadError
+
+    try:
+        scorer = CrossEncoderScorer(model, backend=backend)
+    except (OSError, ValueError, ModelLoadError) as error:
+        raise EvaluationError(f"Cannot load the reranker {model}: {error}") from error
+
+    def score(query: str, passages: list[str]) -> list[float]:
+        return scorer.predict([(query, passage) for passage in passages]).tolist()
+
+    return score
+
+
+@dataclass
+class RerankedCandidates:
+    """Hybrid candidates and their reranker scores per query, computed once for every rerank mode."""
+
+    scorer: PassageScorer
+    depth: int = RANKING_DEPTH
+    _cache: dict[str, tuple[list, list[float]]] = field(default_factory=dict)
+
+    def get(self, *, query: str, collection: Collection) -> tuple[list, list[float]]:
+        if query not in self._cache:
+            candidates = chunk_search(query=query, collection=collection, k=self.depth, limit=self.depth, mode="hybrid")
+            scores = self.scorer(query, [candidate.chunk.text for candidate in candidates]) if candidates else []
+            self._cache[query] = (candidates, scores)
+        return self._cache[query]
+
+    def ranker(self, fusion_weight: float) -> Ranker:
+        """Documents by their best chunk in the fusion of reranker and retrieval orders (1: reranker alone)."""
+
+        def rank(*, query: str, collection: Collection, depth: int) -> list[int]:
+            candidates, scores = self.get(query=query, collection=collection)
+            ordered = rerank_order(candidates, scores, fusion_weight)
+            return ranked_documents((ranked.candidate.chunk.document.id for ranked in ordered), depth=depth)
+
+        return rank
+
+
+def rerank_rankers(reranked: RerankedCandidates, *, fusion_weight: float) -> dict[str, Ranker]:
+    return {"rerank": reranked.ranker(1.0), "hybrid+rerank": reranked.ranker(fusion_weight)}
+
+
+@dataclass(frozen=True)
+class FusionTuning:
+    weight: float
+    ndcg_by_weight: dict[float, float]  # nDCG@10 of hybrid+rerank on the tuning queries at each weight
+
+
+def fusion_weight_tune(*, dataset: BeirDataset, collection: Collection, reranked: RerankedCandidates,
+                       weights: Iterable[float] = FUSION_WEIGHTS) -> FusionTuning:
+    """Pick the fusion weight with the best nDCG@10 on the dataset's queries (ties: the larger weight)."""
+    ndcg = {
+        weight: retrieval_evaluate(dataset=dataset, collection=collection, rankers={"tune": reranked.ranker(weight)},
+                                   progress=False)["tune"].metrics["nDCG@10"]
+        for weight in weights
+    }
+    best = max(ndcg, key=lambda weight: (ndcg[weight], weight))
+    return FusionTuning(weight=best, ndcg_by_weight=ndcg)
 
 
 def retrieval_evaluate(*, dataset: BeirDataset, collection: Collection, rankers: dict[str, Ranker],
-                       depth: int = RANKING_DEPTH) -> dict[str, ModeResult]:
+                       depth: int = RANKING_DEPTH, progress: bool = True) -> dict[str, ModeResult]:
     """Rank every query with each ranker and score the rankings with ir-measures."""
     corpus_ids = dict(Document.objects.filter(collection=collection).values_list("pk", "external_id"))
     return {
-        mode: _mode_evaluate(mode, ranker, dataset, collection, corpus_ids, depth)
+        mode: _mode_evaluate(mode, ranker, dataset, collection, corpus_ids, depth, progress)
         for mode, ranker in rankers.items()
     }
 
 
 def _mode_evaluate(mode: str, ranker: Ranker, dataset: BeirDataset, collection: Collection,
-                   corpus_ids: dict[int, str], depth: int) -> ModeResult:
+                   corpus_ids: dict[int, str], depth: int, progress: bool) -> ModeResult:
     run: dict[str, dict[str, float]] = {}
     seconds = 0.0
-    for query_id, text in tqdm(dataset.queries.items(), desc=f"Evaluating {mode}", unit="query"):
+    for query_id, text in tqdm(dataset.queries.items(), desc=f"Evaluating {mode}", unit="query", disable=not progress):
         started = time.perf_counter()
         ranking = ranker(query=text, collection=collection, depth=depth)
         seconds += time.perf_counter() - started

@@ -144,11 +144,15 @@ def candidates_rerank(*, query: str, candidates: list[Candidate], top_n: int | N
     except RerankerUnavailable as error:
         kept = [RankedCandidate(c, rank, None, c.score) for rank, c in enumerate(candidates, 1)]
         return RerankOutcome(ranked=kept[:top_n], reranked=False, reason=str(error), seconds=time.perf_counter() - started)
-    ranked = _fuse(candidates, scores, fusion_weight)
+    ranked = rerank_order(candidates, scores, fusion_weight)
     return RerankOutcome(ranked=ranked[:top_n], reranked=True, worker=worker, seconds=time.perf_counter() - started)
 
 
-def _fuse(candidates: list[Candidate], scores: list[float], weight: float) -> list[RankedCandidate]:
+def rerank_order(candidates: list[Candidate], scores: list[float], weight: float) -> list[RankedCandidate]:
+    """Candidates (in retrieval order) sorted by the fusion of their reranker and retrieval ranks.
+
+    weight 1 is the reranker's order alone, 0 the retrieval order; ties keep retrieval order.
+    """
     by_rerank = sorted(range(len(candidates)), key=lambda i: -scores[i])
     rerank_rank = {index: rank for rank, index in enumerate(by_rerank, 1)}
     ranked = [

@@ -2,11 +2,15 @@
 
 import json
 
+import httpx
 import pytest
 from django.core.management import CommandError, call_command
 
 from ragapp.documents.models import Collection, Document
 from ragapp.retrieval.evaluation import corpus_language, ranked_documents
+from reranking.server import Settings, create_app
+from reranking.synthetic import build_preset_cross_encoder
+from tests.reranking.helpers import running_server, wait_until_healthy
 
 pytestmark = pytest.mark.django_db
 
@@ -218,7 +222,62 @@ def test_help_explains_every_option():
     from ragapp.retrieval.management.commands.evaluate import Command
 
     parser = Command().create_parser("manage.py", "evaluate")
-    options = [action for action in parser._actions if action.dest in
-               {"dataset", "split", "modes", "json_path", "queries_path", "limit_queries", "language"}]
-    assert len(options) == 7
+    names = {"dataset", "split", "modes", "json_path", "queries_path", "limit_queries", "language", "reranker_url",
+             "reranker_model", "reranker_backend", "tune_fusion", "fusion_weight"}
+    options = [action for action in parser._actions if action.dest in names]
+    assert len(options) == len(names)
     assert all(action.help for action in options)
+
+
+@pytest.fixture(scope="module")
+def reranker_path(tmp_path_factory):
+    """A tiny random-weight cross-encoder: its order is arbitrary but fixed, which is what these tests need."""
+    return str(build_preset_cross_encoder(tmp_path_factory.mktemp("reranker"), "tiny"))
+
+
+def test_rerank_modes_reorder_the_hybrid_candidates(tinyset, tmp_path, reranker_path):
+    results = evaluate(tinyset, "train", "--reranker-model", reranker_path, tmp_path=tmp_path)
+    assert results["modes"] == ["dense", "fulltext", "hybrid", "rerank", "hybrid+rerank"]
+    assert results["reranker"].startswith(reranker_path) and results["fusion_weight"] == 1.0
+    # Same candidates in another order: every relevant document of the hybrid top 100 stays in it.
+    assert results["metrics"]["rerank"]["R@100"] == results["metrics"]["hybrid"]["R@100"]
+    # Fusion weight 1 is the reranker's order alone.
+    assert results["metrics"]["hybrid+rerank"] == results["metrics"]["rerank"]
+
+
+def test_fusion_weight_zero_keeps_the_hybrid_order(tinyset, tmp_path, reranker_path):
+    results = evaluate(tinyset, "train", "--mode", "hybrid", "--mode", "hybrid+rerank", "--fusion-weight", "0",
+                       "--reranker-model", reranker_path, tmp_path=tmp_path)
+    assert results["metrics"]["hybrid+rerank"] == results["metrics"]["hybrid"]
+
+
+def test_tune_fusion_saves_the_best_weight_on_the_collection(tinyset, tmp_path, reranker_path):
+    results = evaluate(tinyset, "train", "--mode", "hybrid+rerank", "--tune-fusion", "--reranker-model", reranker_path,
+                       tmp_path=tmp_path)
+    sweep = {float(weight): ndcg for weight, ndcg in results["fusion_tuning"].items()}
+    assert sorted(sweep) == [round(0.1 * step, 1) for step in range(11)]
+    best = max(sweep.values())
+    assert sweep[results["fusion_weight"]] == best
+    assert results["metrics"]["hybrid+rerank"]["nDCG@10"] == pytest.approx(best)
+    assert Collection.objects.get(name="beir-tinyset").rerank_fusion_weight == results["fusion_weight"]
+    later = evaluate(tinyset, "train", "--mode", "hybrid+rerank", "--reranker-model", reranker_path, tmp_path=tmp_path)
+    assert later["fusion_weight"] == results["fusion_weight"]
+
+
+def test_a_worker_over_http_gives_the_same_rankings_as_the_model_in_process(tinyset, tmp_path, reranker_path):
+    in_process = evaluate(tinyset, "train", "--mode", "rerank", "--reranker-model", reranker_path, tmp_path=tmp_path)
+    with running_server(create_app(Settings(model=reranker_path, device="cpu"))) as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            wait_until_healthy(client)
+        over_http = evaluate(tinyset, "train", "--mode", "rerank", "--reranker-url", url, tmp_path=tmp_path)
+    assert over_http["metrics"] == in_process["metrics"]
+    assert over_http["reranker"] == url
+
+
+def test_rerank_modes_without_a_reranker_or_with_a_dead_one_are_clear_errors(tinyset, settings):
+    settings.RERANKER_URLS = []
+    with pytest.raises(CommandError, match="need a reranker: pass --reranker-url"):
+        call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--mode", "rerank")
+    with pytest.raises(CommandError, match="reranker did not answer.*127.0.0.1:9"):
+        call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--mode", "rerank",
+                     "--reranker-url", "http://127.0.0.1:9")

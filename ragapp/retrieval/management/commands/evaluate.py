@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -25,7 +26,8 @@ class Command(BaseCommand):
         "Evaluate retrieval on a BEIR-format dataset (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv). "
         "The corpus is loaded once into a collection named beir-FOLDER and reused by later runs; "
         "each mode ranks documents by their best chunk, and ir-measures scores nDCG@10, Recall@10, "
-        "Recall@100 and MRR@10."
+        "Recall@100 and MRR@10. The modes rerank and hybrid+rerank rerank the hybrid top 100 with a "
+        "cross-encoder: a worker (--reranker-url) or a model loaded here (--reranker-model)."
     )
 
     def add_arguments(self, parser):
@@ -34,10 +36,26 @@ class Command(BaseCommand):
         parser.add_argument("--split", required=True,
                             help="Which judgements to score against: qrels/SPLIT.tsv (e.g. train, dev, test).")
         parser.add_argument(
-            "--mode", action="append", dest="modes", choices=list(evaluation.DOCUMENT_RANKERS),
-            help="Retrieval mode to evaluate; repeat for several. Default: all of "
-                 f"{', '.join(evaluation.DOCUMENT_RANKERS)}.",
+            "--mode", action="append", dest="modes", choices=[*evaluation.DOCUMENT_RANKERS, *evaluation.RERANK_MODES],
+            help="Retrieval mode to evaluate; repeat for several. Default: "
+                 f"{', '.join(evaluation.DOCUMENT_RANKERS)}, plus {' and '.join(evaluation.RERANK_MODES)} when a "
+                 "reranker is named. rerank: the reranker's order of the hybrid top 100; hybrid+rerank: that "
+                 "order fused with the hybrid order by weighted reciprocal ranks (the collection's fusion weight).",
         )
+        reranker = parser.add_mutually_exclusive_group()
+        reranker.add_argument("--reranker-url", metavar="URL[,URL]",
+                              help="Reranker worker(s) for the rerank modes. Default: RERANKER_URL.")
+        reranker.add_argument("--reranker-model", metavar="PATH_OR_ID",
+                              help="Load this cross-encoder in this process instead of asking a worker "
+                                   "(e.g. the folder train_reranker wrote, or a hub id).")
+        parser.add_argument("--reranker-backend", choices=["torch", "int8"], default="torch",
+                            help="With --reranker-model: torch (exact) or int8 (faster on a CPU, approximate). Default: torch.")
+        parser.add_argument("--tune-fusion", action="store_true",
+                            help="Before evaluating, try fusion weights 0, 0.1, ..., 1 on the evaluated queries, keep the one "
+                                 "with the best hybrid+rerank nDCG@10 and save it as the collection's fusion weight. "
+                                 "Tune on training queries (--queries), then evaluate held-out ones in a second run.")
+        parser.add_argument("--fusion-weight", type=float, metavar="W",
+                            help="Use this fusion weight (0..1) for hybrid+rerank in this run instead of the collection's.")
         parser.add_argument("--json", type=Path, dest="json_path", metavar="FILE",
                             help="Also write the results (metrics, counts, embedding model, timestamp) to FILE as JSON.")
         parser.add_argument("--queries", type=Path, dest="queries_path", metavar="FILE",
@@ -56,24 +74,62 @@ class Command(BaseCommand):
             raise CommandError(f"{dataset} is not a folder. Point --dataset at a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
         if limit_queries is not None and limit_queries < 1:
             raise CommandError("--limit-queries must be at least 1.")
-        modes = list(dict.fromkeys(modes or evaluation.DOCUMENT_RANKERS))
+        if options["fusion_weight"] is not None and not 0 <= options["fusion_weight"] <= 1:
+            raise CommandError("--fusion-weight must be between 0 and 1.")
+        reranker_named = bool(options["reranker_url"] or options["reranker_model"])
+        modes = list(dict.fromkeys(modes or [*evaluation.DOCUMENT_RANKERS, *(evaluation.RERANK_MODES if reranker_named else ())]))
         try:
             query_ids = evaluation.query_ids_read(path=queries_path) if queries_path else None
             data = evaluation.beir_dataset_read(
                 dataset_dir=dataset, split=split, query_ids=query_ids, limit_queries=limit_queries,
             )
             load = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus)
+            self._report_load(load, data)
+            rankers, reranking = self._rankers(modes, data, load.collection, options)
+            results = evaluation.retrieval_evaluate(dataset=data, collection=load.collection, rankers=rankers)
         except evaluation.EvaluationError as error:
             raise CommandError(str(error)) from error
-        self._report_load(load, data)
-        results = evaluation.retrieval_evaluate(
-            dataset=data, collection=load.collection,
-            rankers={mode: evaluation.DOCUMENT_RANKERS[mode] for mode in modes},
-        )
         self.stdout.write(results_table(results))
+        if {"rerank", "hybrid+rerank"} <= set(results):
+            self.stdout.write("(hybrid+rerank reuses the reranker scores computed for rerank: its ms/query leaves them out.)")
         if json_path:
-            json_path.write_text(json.dumps(results_json(data, split, load, results), indent=2) + "\n", encoding="utf-8")
+            record = {**results_json(data, split, load, results), **reranking}
+            json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             self.stdout.write(f"Wrote {json_path}")
+
+    def _rankers(self, modes, data, collection, options) -> tuple[dict, dict]:
+        """The rankers for `modes`, and what the JSON should say about the reranker (empty without one)."""
+        rankers = {mode: evaluation.DOCUMENT_RANKERS[mode] for mode in modes if mode in evaluation.DOCUMENT_RANKERS}
+        if not (options["tune_fusion"] or set(modes) & set(evaluation.RERANK_MODES)):
+            return rankers, {}
+        scorer, label = self._scorer(options)
+        reranked = evaluation.RerankedCandidates(scorer=scorer)
+        weight = options["fusion_weight"] if options["fusion_weight"] is not None else collection.rerank_fusion_weight
+        tuning = None
+        if options["tune_fusion"]:
+            tuning = evaluation.fusion_weight_tune(dataset=data, collection=collection, reranked=reranked)
+            collection.rerank_fusion_weight = weight = tuning.weight
+            collection.save(update_fields=["rerank_fusion_weight"])
+            sweep = ", ".join(f"{w:g}: {ndcg:.4f}" for w, ndcg in tuning.ndcg_by_weight.items())
+            self.stdout.write(f"Fusion weight tuned on these {len(data.queries)} queries (hybrid+rerank nDCG@10 by weight: "
+                              f"{sweep}). Saved {weight:g} as the fusion weight of {collection.name}.")
+        rerank_modes = evaluation.rerank_rankers(reranked, fusion_weight=weight)
+        rankers.update({mode: rerank_modes[mode] for mode in modes if mode in rerank_modes})
+        record = {"reranker": label, "fusion_weight": weight}
+        if tuning:
+            record["fusion_tuning"] = {f"{w:g}": ndcg for w, ndcg in tuning.ndcg_by_weight.items()}
+        return dict(sorted(rankers.items(), key=lambda item: modes.index(item[0]))), record
+
+    def _scorer(self, options) -> tuple[evaluation.PassageScorer, str]:
+        if options["reranker_model"]:
+            backend = options["reranker_backend"]
+            self.stdout.write(f"Loading the reranker {options['reranker_model']} ({backend}) in this process.")
+            return evaluation.model_scorer(options["reranker_model"], backend=backend), f"{options['reranker_model']} ({backend}, in process)"
+        urls = [url.strip() for url in (options["reranker_url"] or "").split(",") if url.strip()] or settings.RERANKER_URLS
+        if not urls:
+            raise CommandError("The rerank modes need a reranker: pass --reranker-url (a running worker) or "
+                               "--reranker-model (a cross-encoder to load here), or set RERANKER_URL.")
+        return evaluation.worker_scorer(urls), ", ".join(urls)
 
     def _report_load(self, load: evaluation.CollectionLoad, data: evaluation.BeirDataset) -> None:
         collection = load.collection
