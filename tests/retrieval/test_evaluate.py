@@ -140,8 +140,8 @@ def test_a_partly_loaded_collection_gets_only_its_missing_documents(tinyset, tmp
 
 
 def test_a_repeated_corpus_entry_is_stored_once_and_its_judgements_count_for_the_stored_one(tmp_path):
-    # CMRC 2018 repeats passages under new ids; a query judged against the repeat must still
-    # find its passage, which the collection holds once, under the first id.
+    # Some BEIR corpora repeat a passage under a new id; a query judged against the repeat must
+    # still find its passage, which the collection holds once, under the first id.
     corpus = {**ENGLISH_CORPUS, "whale-again": ENGLISH_CORPUS["whale"]}
     queries = {**ENGLISH_QUERIES, "q-whale": ("What does the blue whale eat?", "whale-again")}
     folder = write_beir(tmp_path / "repeats", corpus, queries)
