@@ -390,18 +390,14 @@ def size_measure(collection, query_texts, query_vectors, options) -> dict:
 
 def plans_check(collection, query_text: str, query_vector, *, k: int) -> dict:
     """EXPLAIN the HNSW, exact and hybrid statements; record whether each uses the index it should."""
-    from django.conf import settings
-
-    from ragapp.retrieval.selectors import HYBRID_SQL
+    from ragapp.retrieval.selectors import HYBRID_SQL, search_parameters
 
     sample = {"collection_id": collection.pk, "embedding": query_vector.tolist(), "limit": 10}
     plans = {
         "hnsw": plan(DENSE_SQL, sample, k=10),
         "exact": plan(DENSE_SQL, sample, k=10, exact=True),
-        "hybrid": plan(HYBRID_SQL, {
-            "embedding": query_vector.tolist(), "language": collection.language, "text": query_text,
-            "collection_id": collection.pk, "dense_k": k, "fulltext_k": k, "rrf_k": settings.RRF_K, "limit": k,
-        }, k=k),
+        "hybrid": plan(HYBRID_SQL, search_parameters(query=query_text, collection=collection, k=k, limit=k, mode="hybrid",
+                                                     embedding=query_vector.tolist()), k=k),
     }
     return {
         "plans_checked": {
