@@ -35,14 +35,19 @@ BM25_B = 0.4
 #
 # The full-text side ranks by BM25 over chunks. PostgreSQL's ts_rank has no inverse document
 # frequency, so a common word counts as much as a rare one (SciFact nDCG@10 0.41 against 0.68
-# with BM25). Here each query lexeme's document frequency is counted through the GIN index,
-# term frequencies come from the tsvector's position lists, a chunk's length is its number of
-# distinct lexemes, and the collection's totals come from CollectionTextStatistics.
-# Matching ORs the question's words (websearch_to_tsquery ANDs them, and a natural-language
-# question rarely has every word in one passage); quoted phrases stay phrases.
+# with BM25). One pass over the chunks holding any query lexeme (through the GIN index) gives
+# everything: each chunk's tsvector is cut down to the query's lexemes (setweight marks them,
+# ts_filter keeps them: no unnest of whole vectors), which yields term frequencies, and counting
+# those rows per lexeme yields document frequencies. A chunk's length is its number of distinct
+# lexemes; the collection's totals come from CollectionTextStatistics.
+# Ranked chunks must match the question as websearch_to_tsquery reads it (quoted phrases stay
+# phrases, -word excludes), with its words ORed: it ANDs them, and a natural-language question
+# rarely has every word in one passage.
 HYBRID_SQL = """
 WITH query AS (
-    SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS terms
+    SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS terms,
+           replace(plainto_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
+           tsvector_to_array(to_tsvector(%(language)s::regconfig, %(text)s)) AS lexemes
 ),
 nearest AS (
     -- The vector is written out here, not taken from the query CTE: the HNSW index can only
@@ -61,32 +66,30 @@ statistics AS (
     FROM documents_collectiontextstatistics
     WHERE collection_id = %(collection_id)s AND %(fulltext_k)s > 0
 ),
-query_lexemes AS (
-    SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector(%(language)s::regconfig, %(text)s))) AS lexeme
-),
-lexeme_weights AS (
-    SELECT query_lexemes.lexeme, ln(1 + (statistics.chunks - frequency.chunks + 0.5) / (frequency.chunks + 0.5)) AS idf
-    FROM query_lexemes, statistics,
-         LATERAL (
-             SELECT count(*) AS chunks FROM documents_chunk AS chunk
-             WHERE chunk.collection_id = %(collection_id)s
-               -- The lexeme quoted as a tsquery constant, so that it is matched as it is.
-               AND chunk.search_vector @@ ('''' || replace(replace(query_lexemes.lexeme, '\\', '\\\\'), '''', '''''') || '''')::tsquery
-         ) AS frequency
-    WHERE frequency.chunks > 0
-),
-bm25 AS (
-    SELECT chunk.id,
-           sum(weight.idf * term.frequency * (%(k1)s + 1)
-               / (term.frequency + %(k1)s * (1 - %(b)s + %(b)s * length(chunk.search_vector) / statistics.mean_length))) AS score
+occurrences AS (
+    -- One row per chunk and query lexeme it holds. Stored vectors carry no weights (all D),
+    -- so weight A marks exactly the query's lexemes.
+    SELECT chunk.id, chunk.search_vector @@ query.terms AS matches, length(chunk.search_vector) AS length,
+           entry.lexeme, coalesce(array_length(entry.positions, 1), 1)::float8 AS frequency
     FROM documents_chunk AS chunk
          CROSS JOIN query
+         CROSS JOIN LATERAL unnest(ts_filter(setweight(chunk.search_vector, 'A', query.lexemes), '{a}')) AS entry
+    WHERE chunk.collection_id = %(collection_id)s AND chunk.search_vector @@ query.any_lexeme AND %(fulltext_k)s > 0
+),
+lexeme_weights AS (
+    SELECT occurrences.lexeme, ln(1 + (statistics.chunks - count(*) + 0.5) / (count(*) + 0.5)) AS idf
+    FROM occurrences CROSS JOIN statistics
+    GROUP BY occurrences.lexeme, statistics.chunks
+),
+bm25 AS (
+    SELECT occurrences.id,
+           sum(weight.idf * occurrences.frequency * (%(k1)s + 1)
+               / (occurrences.frequency + %(k1)s * (1 - %(b)s + %(b)s * occurrences.length / statistics.mean_length))) AS score
+    FROM occurrences
+         JOIN lexeme_weights AS weight ON weight.lexeme = occurrences.lexeme
          CROSS JOIN statistics
-         CROSS JOIN LATERAL unnest(chunk.search_vector) AS entry(lexeme, positions, weights)
-         JOIN lexeme_weights AS weight ON weight.lexeme = entry.lexeme
-         CROSS JOIN LATERAL (SELECT coalesce(array_length(entry.positions, 1), 1)::float8 AS frequency) AS term
-    WHERE chunk.collection_id = %(collection_id)s AND chunk.search_vector @@ query.terms
-    GROUP BY chunk.id
+    WHERE occurrences.matches
+    GROUP BY occurrences.id
 ),
 fulltext AS (
     SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM bm25
