@@ -7,6 +7,7 @@ of `DOCUMENT_RANKERS` turns a query into a ranking of documents; ir-measures sco
 rankings against the qrels.
 """
 
+import gzip
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -296,6 +297,59 @@ def model_scorer(model: str, *, backend: str = "torch") -> PassageScorer:
 
     def score(query: str, passages: list[str]) -> list[float]:
         return scorer.predict([(query, passage) for passage in passages]).tolist()
+
+    return score
+
+
+# Recorded pairs: the hybrid candidates of each query written to a file, so that another machine
+# (a GPU, say) can score them with a reranker and the evaluation reads its scores back. Gzipped JSON:
+# {"format", "texts": [passage, ...], "queries": [{"query", "candidates": [text index, ...],
+# "scores": [float, ...] once scored}]}; each passage's text is written once.
+PAIRS_FORMAT = "ragapp-rerank-pairs/1"
+
+
+def recording_scorer(records: list[tuple[str, list[str]]]) -> PassageScorer:
+    """A scorer that notes each query's passages and scores them all 0 (for `pairs_export`)."""
+
+    def score(query: str, passages: list[str]) -> list[float]:
+        records.append((query, passages))
+        return [0.0] * len(passages)
+
+    return score
+
+
+def pairs_export(*, dataset: BeirDataset, collection: Collection, path: Path) -> int:
+    """Write the hybrid candidates that the rerank modes would score for each query; return the pair count."""
+    records: list[tuple[str, list[str]]] = []
+    reranked = RerankedCandidates(scorer=recording_scorer(records))
+    for text in tqdm(dataset.queries.values(), desc="Retrieving candidates", unit="query"):
+        reranked.get(query=text, collection=collection)
+    text_index: dict[str, int] = {}
+    queries = [{"query": query, "candidates": [text_index.setdefault(passage, len(text_index)) for passage in passages]}
+               for query, passages in records]
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        json.dump({"format": PAIRS_FORMAT, "texts": list(text_index), "queries": queries}, handle, ensure_ascii=False)
+    return sum(len(passages) for _, passages in records)
+
+
+def recorded_scorer(path: Path) -> PassageScorer:
+    """Scores read from a pairs file that a reranker scored elsewhere; a pair it lacks stops the evaluation."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            record = json.load(handle)
+        texts = record["texts"]
+        scores = {(entry["query"], texts[index]): score
+                  for entry in record["queries"] for index, score in zip(entry["candidates"], entry["scores"], strict=True)}
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise EvaluationError(f"{path} is not a scored pairs file ({error!r}): write one with --export-pairs and "
+                              "score it with bench/gpu_check.py --pairs.") from error
+
+    def score(query: str, passages: list[str]) -> list[float]:
+        try:
+            return [scores[query, passage] for passage in passages]
+        except KeyError:
+            raise EvaluationError(f"{path} has no scores for some candidates of the query {query!r}: export the pairs "
+                                  "again from this collection, with the same queries, and score them again.") from None
 
     return score
 

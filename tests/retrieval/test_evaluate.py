@@ -1,5 +1,6 @@
 """manage.py evaluate: load a BEIR folder once, rank queries per mode, score with ir-measures."""
 
+import gzip
 import json
 
 import httpx
@@ -8,6 +9,7 @@ from django.core.management import CommandError, call_command
 
 from ragapp.documents.models import Collection, Document
 from ragapp.retrieval.evaluation import corpus_language, ranked_documents
+from reranking.model import CrossEncoderScorer
 from reranking.server import Settings, create_app
 from reranking.synthetic import build_preset_cross_encoder
 from tests.reranking.helpers import running_server, wait_until_healthy
@@ -223,7 +225,7 @@ def test_help_explains_every_option():
 
     parser = Command().create_parser("manage.py", "evaluate")
     names = {"dataset", "split", "modes", "json_path", "queries_path", "limit_queries", "language", "reranker_url",
-             "reranker_model", "reranker_backend", "tune_fusion", "fusion_weight"}
+             "reranker_model", "reranker_backend", "tune_fusion", "fusion_weight", "reranker_scores", "export_pairs"}
     options = [action for action in parser._actions if action.dest in names]
     assert len(options) == len(names)
     assert all(action.help for action in options)
@@ -281,3 +283,39 @@ def test_rerank_modes_without_a_reranker_or_with_a_dead_one_are_clear_errors(tin
     with pytest.raises(CommandError, match="reranker did not answer.*127.0.0.1:9"):
         call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--mode", "rerank",
                      "--reranker-url", "http://127.0.0.1:9")
+
+
+def test_pairs_scored_elsewhere_give_the_same_rankings_as_the_model_in_process(tinyset, tmp_path, reranker_path):
+    pairs = tmp_path / "pairs.json.gz"
+    call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--export-pairs", str(pairs))
+    with gzip.open(pairs, "rt", encoding="utf-8") as handle:
+        record = json.load(handle)
+    assert len(record["queries"]) == len(ENGLISH_QUERIES)
+    assert len(record["texts"]) == len(set(record["texts"]))  # each passage written once
+    # What bench/gpu_check.py --pairs does on a GPU machine: score every pair with the model.
+    scorer = CrossEncoderScorer(reranker_path, device="cpu")
+    for entry in record["queries"]:
+        entry["scores"] = scorer.predict([(entry["query"], record["texts"][i]) for i in entry["candidates"]]).tolist()
+    scored = tmp_path / "scored.json.gz"
+    with gzip.open(scored, "wt", encoding="utf-8") as handle:
+        json.dump(record, handle)
+    in_process = evaluate(tinyset, "train", "--mode", "rerank", "--mode", "hybrid+rerank", "--fusion-weight", "0.5",
+                          "--reranker-model", reranker_path, tmp_path=tmp_path)
+    recorded = evaluate(tinyset, "train", "--mode", "rerank", "--mode", "hybrid+rerank", "--fusion-weight", "0.5",
+                        "--reranker-scores", str(scored), tmp_path=tmp_path)
+    assert recorded["metrics"] == in_process["metrics"]
+    assert recorded["reranker"] == f"scores recorded in {scored}"
+
+
+def test_a_scores_file_without_scores_or_for_other_queries_is_a_clear_error(tinyset, tmp_path):
+    pairs = tmp_path / "pairs.json.gz"
+    call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--export-pairs", str(pairs))
+    with pytest.raises(CommandError, match="not a scored pairs file.*--export-pairs"):
+        call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--mode", "rerank",
+                     "--reranker-scores", str(pairs))
+    with gzip.open(pairs, "wt", encoding="utf-8") as handle:
+        json.dump({"texts": ["a passage"], "queries": [{"query": "another question", "candidates": [0], "scores": [1.0]}]},
+                  handle)
+    with pytest.raises(CommandError, match="has no scores for some candidates of the query"):
+        call_command("evaluate", "--dataset", str(tinyset), "--split", "train", "--mode", "rerank",
+                     "--reranker-scores", str(pairs))

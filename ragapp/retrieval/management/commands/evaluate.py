@@ -48,6 +48,12 @@ class Command(BaseCommand):
         reranker.add_argument("--reranker-model", metavar="PATH_OR_ID",
                               help="Load this cross-encoder in this process instead of asking a worker "
                                    "(e.g. the folder train_reranker wrote, or a hub id).")
+        reranker.add_argument("--reranker-scores", type=Path, metavar="FILE",
+                              help="Take the reranker's scores from FILE: pairs written by --export-pairs and scored "
+                                   "elsewhere (bench/gpu_check.py --pairs scores them on a GPU machine).")
+        parser.add_argument("--export-pairs", type=Path, metavar="FILE",
+                            help="Only write the hybrid candidates that the rerank modes would score for the evaluated "
+                                 "queries to FILE (gzipped JSON), for a reranker on another machine; then stop.")
         parser.add_argument("--reranker-backend", choices=["torch", "int8"], default="torch",
                             help="With --reranker-model: torch (exact) or int8 (faster on a CPU, approximate). Default: torch.")
         parser.add_argument("--tune-fusion", action="store_true",
@@ -76,7 +82,7 @@ class Command(BaseCommand):
             raise CommandError("--limit-queries must be at least 1.")
         if options["fusion_weight"] is not None and not 0 <= options["fusion_weight"] <= 1:
             raise CommandError("--fusion-weight must be between 0 and 1.")
-        reranker_named = bool(options["reranker_url"] or options["reranker_model"])
+        reranker_named = bool(options["reranker_url"] or options["reranker_model"] or options["reranker_scores"])
         modes = list(dict.fromkeys(modes or [*evaluation.DOCUMENT_RANKERS, *(evaluation.RERANK_MODES if reranker_named else ())]))
         try:
             query_ids = evaluation.query_ids_read(path=queries_path) if queries_path else None
@@ -85,6 +91,10 @@ class Command(BaseCommand):
             )
             load = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus)
             self._report_load(load, data)
+            if options["export_pairs"]:
+                pairs = evaluation.pairs_export(dataset=data, collection=load.collection, path=options["export_pairs"])
+                self.stdout.write(f"Wrote {pairs} pairs of {len(data.queries)} queries to {options['export_pairs']}.")
+                return
             rankers, reranking = self._rankers(modes, data, load.collection, options)
             results = evaluation.retrieval_evaluate(dataset=data, collection=load.collection, rankers=rankers)
         except evaluation.EvaluationError as error:
@@ -121,6 +131,8 @@ class Command(BaseCommand):
         return dict(sorted(rankers.items(), key=lambda item: modes.index(item[0]))), record
 
     def _scorer(self, options) -> tuple[evaluation.PassageScorer, str]:
+        if options["reranker_scores"]:
+            return evaluation.recorded_scorer(options["reranker_scores"]), f"scores recorded in {options['reranker_scores']}"
         if options["reranker_model"]:
             backend = options["reranker_backend"]
             self.stdout.write(f"Loading the reranker {options['reranker_model']} ({backend}) in this process.")
