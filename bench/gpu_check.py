@@ -21,8 +21,13 @@ What to bring, beside the repository (the `run` tool copies the working tree):
   anyio, sniffio, httpx, httpcore, certifi, idna, prometheus-client, typing-inspection,
   annotated-types (`--prepare` downloads them into `.data/gpu/wheels` when the package
   index is reachable; pydantic-core is compiled: `--python-version` picks the GPU machine's
-  Python, 3.11 by default); the script installs them with `pip install --no-index`.
-- All of it comes to ~60 MB (MiniLM in bf16 45 MB, groups gzipped ~12 MB, wheels 4 MB).
+  Python, 3.12 by default); the script installs them with `pip install --no-index`.
+- to score a held-out evaluation here: `manage.py evaluate ... --export-pairs .data/gpu/pairs.json.gz`
+  (the hybrid candidates of the queries, ~3 MB); the script scores them with the trained model and
+  writes $OUT/pair_scores.json.gz for `manage.py evaluate --reranker-scores`;
+- All of it comes to ~55 MB (MiniLM in bf16 45 MB, groups in xz 2 MB, pairs 3 MB, wheels 4 MB).
+- Back come gpu_check.json, pair_scores.json.gz and the trained model as trained.tar.part-NN
+  (fp16, cut under the 16 MiB a returned file may have): `cat trained.tar.part-* | tar -x`.
 - The results print as JSON and go to $OUT/gpu_check.json when $OUT is set.
 
     .venv/bin/python bench/gpu_check.py --prepare          # here, once
@@ -32,6 +37,7 @@ What to bring, beside the repository (the `run` tool copies the working tree):
 import argparse
 import gzip
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -43,7 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_DIR = REPO_ROOT / ".data" / "gpu"
 SERVER_WHEELS = ["fastapi", "starlette", "pydantic", "pydantic-core", "uvicorn", "h11", "anyio", "sniffio", "httpx",
                  "httpcore", "certifi", "idna", "prometheus-client", "typing-inspection", "annotated-types",
-                 "typing-extensions", "tqdm"]
+                 "typing-extensions", "tqdm", "opentelemetry-api", "annotated-doc"]
 sys.path.insert(0, str(REPO_ROOT))
 
 
@@ -69,8 +75,10 @@ def prepare(groups: Path, python_version: str) -> None:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "onnx", "openvino"))
     weights = load_file(source / "model.safetensors")
     save_file({name: tensor.to(torch.bfloat16) for name, tensor in weights.items()}, target / "model.safetensors")
-    with groups.open("rb") as source_file, gzip.open(GPU_DIR / "groups.jsonl.gz", "wb") as target_file:
-        shutil.copyfileobj(source_file, target_file)  # passages' text: ~4x smaller compressed
+    (GPU_DIR / "groups.jsonl.gz").unlink(missing_ok=True)
+    with groups.open("rb") as source_file, lzma.open(GPU_DIR / "groups.jsonl.xz", "wb", preset=9) as target_file:
+        # Hard negatives recur across groups: xz's large window finds the repeats (46 MB -> 2 MB; gzip: 15 MB).
+        shutil.copyfileobj(source_file, target_file)
     wheels = GPU_DIR / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
     wheels.mkdir(parents=True)
@@ -104,7 +112,8 @@ def speed(options) -> dict:
     skipped = server_packages_ready()
     import rerank
 
-    arguments = ["--sizes", options.size, "--queries", str(options.queries), "--rounds", "2", "--output", "gpu-rerank"]
+    arguments = ["--sizes", options.size, "--queries", str(options.queries), "--rounds", str(options.rounds), "--output", "gpu-rerank",
+                 "--all-queries-per-call"]
     if skipped:
         arguments.append("--no-http")
     settings = rerank.options_parse(arguments)
@@ -118,9 +127,9 @@ def fine_tune(options) -> dict:
     from reranking import train
 
     path = options.groups
-    if path.suffix == ".gz":
+    if path.suffix == ".xz":
         path = GPU_DIR / "groups.jsonl"
-        with gzip.open(options.groups, "rb") as source, path.open("wb") as target:
+        with lzma.open(options.groups, "rb") as source, path.open("wb") as target:
             shutil.copyfileobj(source, target)
     groups = train.training_groups_read(path=path)
     training = train.TrainingOptions(loss="infonce", epochs=options.epochs, learning_rate=8e-5, group_size=16,
@@ -133,20 +142,95 @@ def fine_tune(options) -> dict:
             "final_loss": round(result.final_loss, 4), "chance_loss": round(result.chance_loss, 4)}
 
 
+def pairs_score(pairs: Path, model: Path) -> dict:
+    """Score the pairs `manage.py evaluate --export-pairs` wrote with `model`, exactly (fp32, no TF32).
+
+    The scored file goes to $OUT/pair_scores.json.gz; back on the app's machine
+    `manage.py evaluate --reranker-scores pair_scores.json.gz` evaluates with these scores."""
+    import torch
+
+    from reranking.model import CrossEncoderScorer
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with gzip.open(pairs, "rt", encoding="utf-8") as handle:
+        record = json.load(handle)
+    scorer = CrossEncoderScorer(str(model), dtype="float32")
+    texts, started = record["texts"], time.perf_counter()
+    for entry in record["queries"]:
+        entry["scores"] = scorer.predict([(entry["query"], texts[index]) for index in entry["candidates"]]).tolist()
+    seconds = time.perf_counter() - started
+    record["model"] = str(model)
+    with gzip.open(output_path("pair_scores.json.gz"), "wt", encoding="utf-8") as handle:
+        json.dump(record, handle, ensure_ascii=False)
+    count = sum(len(entry["candidates"]) for entry in record["queries"])
+    return {"queries": len(record["queries"]), "pairs": count, "seconds": round(seconds, 1),
+            "pairs_per_second": round(count / seconds, 1), "dtype": "float32"}
+
+
+def trained_model_send(folder: Path, part_bytes: int = 15 * 2**20) -> list[str]:
+    """Put the trained model in $OUT as a tar cut into parts under the 16 MiB a returned file may have.
+
+    The weights travel in fp16 (a BERT's weights fit its range; the app upcasts them on loading).
+    Join them again with: cat trained.tar.part-* | tar -x"""
+    import io
+    import tarfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    save_file({name: tensor.to(torch.float16) for name, tensor in weights.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        archive.add(folder, arcname="trained")
+    data, names = buffer.getvalue(), []
+    for number, start in enumerate(range(0, len(data), part_bytes)):
+        names.append(f"trained.tar.part-{number:02d}")
+        output_path(names[-1]).write_bytes(data[start:start + part_bytes])
+    return names
+
+
+def stage(report: dict, name: str, run) -> bool:
+    """report[name] = run(), or the error's traceback when it fails; True when it ran."""
+    import traceback
+
+    try:
+        report[name] = run()
+        return True
+    except Exception:  # noqa: BLE001 - reported in the JSON
+        report[name] = {"error": traceback.format_exc()}
+        print(report[name]["error"], file=sys.stderr)
+        return False
+
+
+def output_path(name: str) -> Path:
+    folder = Path(os.environ.get("OUT") or GPU_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prepare", action="store_true", help="Here, not on the GPU: fill .data/gpu (see the header).")
-    parser.add_argument("--groups", type=Path, default=GPU_DIR / "groups.jsonl.gz",
-                        help="Training groups, JSONL or gzipped (default .data/gpu/groups.jsonl.gz; with --prepare, "
+    parser.add_argument("--groups", type=Path, default=GPU_DIR / "groups.jsonl.xz",
+                        help="Training groups, JSONL or xz-compressed (default .data/gpu/groups.jsonl.xz; with --prepare, "
                              "the OUTPUT-groups.jsonl of train_reranker to compress there).")
-    parser.add_argument("--python-version", default="3.11",
-                        help="With --prepare: the GPU machine's Python, for the compiled wheels (default: 3.11).")
+    parser.add_argument("--python-version", default="3.12",
+                        help="With --prepare: the GPU machine's Python, for the compiled wheels (default: 3.12, "
+                             "the device image's).")
     parser.add_argument("--base-model", type=Path, default=GPU_DIR / "minilm", help="Encoder to fine-tune (default .data/gpu/minilm).")
     parser.add_argument("--size", default="base", help="Model size of the speed benchmark (default: base).")
     parser.add_argument("--queries", type=int, default=16, help="Queries of 100 candidates per round (default: 16).")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="Timed rounds of the speed benchmark (default: 2; the first calls of each new batch "
+                             "shape are slow on a GPU, so more rounds show the steady state).")
     parser.add_argument("--epochs", type=int, default=6, help="Fine-tuning epochs (default: 6).")
     parser.add_argument("--limit-groups", type=int, default=None, help="Train on this many groups only (a CPU smoke test).")
     parser.add_argument("--skip-training", action="store_true", help="Only the speed benchmark.")
+    parser.add_argument("--pairs", type=Path, default=GPU_DIR / "pairs.json.gz",
+                        help="After training, score these pairs (manage.py evaluate --export-pairs) with the trained "
+                             "model into $OUT/pair_scores.json.gz, when the file exists (default .data/gpu/pairs.json.gz).")
     options = parser.parse_args(argv)
     if options.prepare:
         prepare(options.groups, options.python_version)
@@ -157,14 +241,17 @@ def main(argv=None) -> None:
     os.environ.setdefault("RERANKING_TOKENIZER", str(options.base_model))
     started = time.perf_counter()
     report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA: figures are not GPU figures)",
-              "torch": torch.__version__, "speed": speed(options)}
-    if not options.skip_training:
-        report["fine_tuning"] = fine_tune(options)
+              "torch": torch.__version__}
+    # One stage's failure is reported and the others still run: a GPU lease is too short to rerun everything.
+    stage(report, "speed", lambda: speed(options))
+    if not options.skip_training and stage(report, "fine_tuning", lambda: fine_tune(options)):
+        if options.pairs.exists():
+            stage(report, "pair_scores", lambda: pairs_score(options.pairs, GPU_DIR / "trained"))
+        stage(report, "trained_model_parts", lambda: trained_model_send(GPU_DIR / "trained"))
     report["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2)
     print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_check.json").write_text(text + "\n")
+    output_path("gpu_check.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ def options_parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=16, help="Concurrent HTTP clients (default: 16).")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="cuda or cpu (default: cuda when present).")
     parser.add_argument("--no-http", action="store_true", help="Skip the HTTP worker.")
+    parser.add_argument("--all-queries-per-call", action="store_true",
+                        help="Also time our exact path given every query's pairs in one call (throughput when "
+                             "requests are batched together, as the worker's batcher does): slow on a CPU.")
     parser.add_argument("--output", default="rerank", help="Results file name under bench/results/ (default: rerank).")
     return parser.parse_args(argv)
 
@@ -132,8 +135,8 @@ def agreement(scores: np.ndarray, reference: np.ndarray) -> dict:
 
 def measure_in_process(contenders: dict, sets: list, rounds: int, device: str) -> dict:
     """Interleave the contenders query by query; per-query latency and pairs/s for each."""
-    for function in contenders.values():  # warm-up: first calls allocate and compile kernels
-        function(sets[0][:8])
+    for function in contenders.values():  # warm-up: first calls allocate memory and pick kernels
+        function(sets[0])
     latencies = {name: [] for name in contenders}
     first_scores = {}  # each contender's scores of the first query, kept from its first timed call
     for _ in range(rounds):
@@ -149,11 +152,32 @@ def measure_in_process(contenders: dict, sets: list, rounds: int, device: str) -
     return {
         name: {
             "pairs_per_second": round(pairs_per_query * len(seconds) / sum(seconds), 1),
+            "after_first_round": after_first_round(pairs_per_query, seconds, len(sets)),
             "latency_ms": latency_summary(seconds),
             "agreement_with_peer": agreement(first_scores[name], first_scores["peer"]),
         }
         for name, seconds in latencies.items()
     }
+
+
+def measure_one_call(scorer, sets: list, rounds: int, device: str) -> dict:
+    """Our exact path given all queries' pairs at once: its pairs/s when nothing waits between requests."""
+    pairs = [pair for query_pairs in sets for pair in query_pairs]
+    seconds = []
+    for _ in range(rounds):
+        synchronize(device)
+        started = time.perf_counter()
+        scorer.predict(pairs)
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return {"pairs_per_second": round(len(pairs) * rounds / sum(seconds), 1), "latency_ms": latency_summary(seconds),
+            "after_first_round": after_first_round(len(pairs), seconds, 1)}
+
+
+def after_first_round(pairs_per_call: int, seconds: list[float], calls_per_round: int) -> float | None:
+    """pairs/s without the first round: on a GPU the first call of each new batch shape is slow."""
+    later = seconds[calls_per_round:]
+    return round(pairs_per_call * len(later) / sum(later), 1) if later else None
 
 
 def latency_summary(seconds: list[float]) -> dict:
@@ -220,6 +244,9 @@ def size_measure(size: str, options) -> dict:
     sets = query_sets(options.queries, options.candidates)
     contenders, labels, exact = in_process_contenders(path, options.device)
     figures = measure_in_process(contenders, sets, options.rounds, options.device)
+    if options.all_queries_per_call:
+        figures["exact_all_queries"] = measure_one_call(exact, sets, options.rounds, options.device)
+        labels["exact_all_queries"] = f"{labels['exact']}, the {len(sets)} queries' pairs in one call"
     if not options.no_http:
         with worker(path, options.device) as url:
             figures["http"] = measure_http(url, sets, options.rounds, options.clients)
