@@ -355,7 +355,7 @@ def chunk_search_series(collection, query_texts, query_vectors, *, mode: str, k:
     with mock.patch.object(selectors, "embed_query", lambda text: vectors_by_text[text]):
         for index in range(-min(warm_up, len(query_texts)), len(query_texts)):
             start = time.perf_counter()
-            candidates = selectors.chunk_search(query=query_texts[index], collection=collection, k=k, mode=mode)
+            candidates = selectors.chunk_search(query=query_texts[index], collection=collection, reader=None, k=k, mode=mode)
             elapsed = time.perf_counter() - start
             if index >= 0:
                 results.append(candidates)
@@ -396,7 +396,7 @@ def plans_check(collection, query_text: str, query_vector, *, k: int) -> dict:
     plans = {
         "hnsw": plan(DENSE_SQL, sample, k=10),
         "exact": plan(DENSE_SQL, sample, k=10, exact=True),
-        "hybrid": plan(HYBRID_SQL, search_parameters(query=query_text, collection=collection, k=k, limit=k, mode="hybrid",
+        "hybrid": plan(HYBRID_SQL, search_parameters(query=query_text, collection=collection, reader=None, k=k, limit=k, mode="hybrid",
                                                      embedding=query_vector.tolist()), k=k),
     }
     return {

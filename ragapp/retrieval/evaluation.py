@@ -247,7 +247,7 @@ def search_ranker(mode: str) -> Ranker:
     def rank(*, query: str, collection: Collection, depth: int) -> list[int]:
         # depth candidates per side; the limit keeps the whole fused list (both sides' chunks),
         # so that several chunks of one document still leave up to `depth` distinct documents.
-        candidates = chunk_search(query=query, collection=collection, k=depth, limit=2 * depth, mode=mode)
+        candidates = chunk_search(query=query, collection=collection, reader=None, k=depth, limit=2 * depth, mode=mode)
         return ranked_documents((candidate.chunk.document.id for candidate in candidates), depth=depth)
 
     return rank
@@ -364,7 +364,7 @@ class RerankedCandidates:
 
     def get(self, *, query: str, collection: Collection) -> tuple[list, list[float]]:
         if query not in self._cache:
-            candidates = chunk_search(query=query, collection=collection, k=self.depth, limit=self.depth, mode="hybrid")
+            candidates = chunk_search(query=query, collection=collection, reader=None, k=self.depth, limit=self.depth, mode="hybrid")
             scores = self.scorer(query, [candidate.chunk.text for candidate in candidates]) if candidates else []
             self._cache[query] = (candidates, scores)
         return self._cache[query]

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 
 from ragapp.documents.embedding import embed_query
 from ragapp.documents.models import Chunk, Collection, Document
@@ -44,7 +44,24 @@ BM25_B = 0.4
 # phrases, -word excludes), with its words ORed: it ANDs them, and a natural-language question
 # rarely has every word in one passage.
 HYBRID_SQL = """
-WITH query AS (
+WITH permitted AS (
+    -- The collection, only when the caller may read it: checked here, in the statement every
+    -- entry point runs, so none can forget it. No reader (NULL) is a trusted caller such as a
+    -- management command. Tables: Django's default user model and the Collection grants.
+    SELECT collection.id
+    FROM documents_collection AS collection
+    WHERE collection.id = %(collection_id)s
+      AND (%(reader_id)s::bigint IS NULL
+           OR EXISTS (SELECT 1 FROM auth_user AS reader
+                      WHERE reader.id = %(reader_id)s AND reader.is_active
+                        AND (reader.is_superuser
+                             OR EXISTS (SELECT 1 FROM documents_collection_readers AS granted
+                                        WHERE granted.collection_id = collection.id AND granted.user_id = reader.id)
+                             OR EXISTS (SELECT 1 FROM documents_collection_reader_groups AS granted
+                                        JOIN auth_user_groups AS membership ON membership.group_id = granted.group_id
+                                        WHERE granted.collection_id = collection.id AND membership.user_id = reader.id))))
+),
+query AS (
     SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS terms,
            replace(plainto_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
            tsvector_to_array(to_tsvector(%(language)s::regconfig, %(text)s)) AS lexemes
@@ -54,7 +71,7 @@ nearest AS (
     -- serve an ORDER BY against a constant.
     SELECT chunk.id, chunk.embedding <=> %(embedding)s::vector AS distance
     FROM documents_chunk AS chunk
-    WHERE chunk.collection_id = %(collection_id)s
+    WHERE chunk.collection_id = (SELECT id FROM permitted)
     ORDER BY chunk.embedding <=> %(embedding)s::vector
     LIMIT %(dense_k)s
 ),
@@ -64,7 +81,7 @@ dense AS (
 statistics AS (
     SELECT chunk_count::float8 AS chunks, lexeme_count::float8 / greatest(chunk_count, 1) AS mean_length
     FROM documents_collectiontextstatistics
-    WHERE collection_id = %(collection_id)s AND %(fulltext_k)s > 0
+    WHERE collection_id = (SELECT id FROM permitted) AND %(fulltext_k)s > 0
 ),
 occurrences AS (
     -- One row per chunk and query lexeme it holds. Stored vectors carry no weights (all D),
@@ -74,7 +91,7 @@ occurrences AS (
     FROM documents_chunk AS chunk
          CROSS JOIN query
          CROSS JOIN LATERAL unnest(ts_filter(setweight(chunk.search_vector, 'A', query.lexemes), '{a}')) AS entry
-    WHERE chunk.collection_id = %(collection_id)s AND chunk.search_vector @@ query.any_lexeme AND %(fulltext_k)s > 0
+    WHERE chunk.collection_id = (SELECT id FROM permitted) AND chunk.search_vector @@ query.any_lexeme AND %(fulltext_k)s > 0
 ),
 lexeme_weights AS (
     SELECT occurrences.lexeme, ln(1 + (statistics.chunks - count(*) + 0.5) / (count(*) + 0.5)) AS idf
@@ -112,22 +129,25 @@ LIMIT %(limit)s
 """
 
 
-def chunk_search(*, query: str, collection: Collection, k: int | None = None,
+def chunk_search(*, query: str, collection: Collection, reader, k: int | None = None,
                  limit: int | None = None, mode: str = "hybrid") -> list[Candidate]:
     """Return up to `limit` candidates for `query` in `collection`, best first.
 
-    `k` candidates are taken from each side (default RETRIEVAL_CANDIDATES); `mode` picks
-    one side alone ("dense", "fulltext") or both fused ("hybrid").
+    `reader` is the user asking: nothing comes back unless they may read the collection
+    (superuser, a reader, or in a reader group). None is a trusted caller without a user
+    (management commands, evaluation), never a web request. `k` candidates are taken from
+    each side (default RETRIEVAL_CANDIDATES); `mode` picks one side alone ("dense",
+    "fulltext") or both fused ("hybrid").
     """
     k = k or settings.RETRIEVAL_CANDIDATES
-    params = search_parameters(query=query, collection=collection, k=k, limit=limit or k, mode=mode)
+    params = search_parameters(query=query, collection=collection, reader=reader, k=k, limit=limit or k, mode=mode)
     with transaction.atomic(), connection.cursor() as cursor:
         _tune_hnsw_scan(cursor, k)
         cursor.execute(HYBRID_SQL, params)
         return [_candidate_from_row(row) for row in cursor.fetchall()]
 
 
-def search_parameters(*, query: str, collection: Collection, k: int, limit: int, mode: str,
+def search_parameters(*, query: str, collection: Collection, reader, k: int, limit: int, mode: str,
                       embedding: list[float] | None = None) -> dict:
     """HYBRID_SQL's parameters; a side that `mode` leaves out takes 0 rows. `embedding` skips the model."""
     if mode not in MODES:
@@ -140,6 +160,7 @@ def search_parameters(*, query: str, collection: Collection, k: int, limit: int,
         "language": collection.language,
         "text": (segment_for_search(query) or query) if use_fulltext else "",
         "collection_id": collection.pk,
+        "reader_id": reader_id(reader),
         "dense_k": k if use_dense else 0,
         "fulltext_k": k if use_fulltext else 0,
         "rrf_k": settings.RRF_K,
@@ -147,6 +168,22 @@ def search_parameters(*, query: str, collection: Collection, k: int, limit: int,
         "b": BM25_B,
         "limit": limit,
     }
+
+
+def reader_id(reader) -> int | None:
+    """The id HYBRID_SQL checks rights for: None for a trusted caller, -1 (nobody) for an anonymous user."""
+    if reader is None:
+        return None
+    return reader.pk if reader.is_authenticated else -1
+
+
+def readable_collections(user):
+    """Collections `user` may read, for listing them (the same rule HYBRID_SQL enforces on search)."""
+    if not (user and user.is_authenticated and user.is_active):
+        return Collection.objects.none()
+    if user.is_superuser:
+        return Collection.objects.all()
+    return Collection.objects.filter(models.Q(readers=user) | models.Q(reader_groups__user=user)).distinct()
 
 
 def _tune_hnsw_scan(cursor, k: int) -> None:

@@ -88,7 +88,7 @@ def training_groups_mine(*, dataset: BeirDataset, collection: Collection, depth:
 def query_group_mine(*, query: str, relevant: dict[int, int], collection: Collection, depth: int,
                      max_relevance: int) -> tuple[TrainingGroup, int]:
     """One query's group (`relevant`: document pk -> grade) and how many relevant documents were retrieved."""
-    candidates = chunk_search(query=query, collection=collection, k=depth, mode="hybrid")
+    candidates = chunk_search(query=query, collection=collection, reader=None, k=depth, mode="hybrid")
     best_chunks = _best_chunk_per_document(candidates, relevant)
     positives, labels = _positives(best_chunks, relevant, max_relevance)
     negatives = list(dict.fromkeys(

@@ -25,7 +25,7 @@ def policies(collection, ingest):
 
 
 def test_hybrid_returns_chunk_document_both_ranks_and_fused_score(collection, policies):
-    results = chunk_search(query="How are taxi rides reimbursed?", collection=collection, k=10)
+    results = chunk_search(query="How are taxi rides reimbursed?", collection=collection, reader=None, k=10)
     best = results[0]
     assert best.document.original_filename == "travel.txt"
     assert best.dense_rank == 1 and best.fulltext_rank == 1
@@ -35,25 +35,25 @@ def test_hybrid_returns_chunk_document_both_ranks_and_fused_score(collection, po
 
 
 def test_a_chunk_found_by_one_side_only_still_scores(collection, policies):
-    results = chunk_search(query="descaled", collection=collection, k=10)
+    results = chunk_search(query="descaled", collection=collection, reader=None, k=10)
     by_file = {r.document.original_filename: r for r in results}
     assert by_file["kitchen.txt"].fulltext_rank == 1
     assert all(r.fulltext_rank is None for name, r in by_file.items() if name != "kitchen.txt")
 
 
 def test_single_side_modes(collection, policies):
-    dense = chunk_search(query="holiday allowance", collection=collection, k=10, mode="dense")
-    fulltext = chunk_search(query="encryption", collection=collection, k=10, mode="fulltext")
+    dense = chunk_search(query="holiday allowance", collection=collection, reader=None, k=10, mode="dense")
+    fulltext = chunk_search(query="encryption", collection=collection, reader=None, k=10, mode="fulltext")
     assert dense[0].document.original_filename == "vacation.txt"
     assert all(r.fulltext_rank is None for r in dense)
     assert [r.document.original_filename for r in fulltext] == ["security.txt"]
     assert fulltext[0].dense_rank is None
     with pytest.raises(ValueError, match="mode must be one of"):
-        chunk_search(query="x", collection=collection, mode="bm25")
+        chunk_search(query="x", collection=collection, reader=None, mode="bm25")
 
 
 def test_full_text_stems_english_and_matches_any_word(collection, policies):
-    results = chunk_search(query="reimbursing receipts for a limousine", collection=collection, k=10, mode="fulltext")
+    results = chunk_search(query="reimbursing receipts for a limousine", collection=collection, reader=None, k=10, mode="fulltext")
     assert results[0].document.original_filename == "travel.txt"
 
 
@@ -61,7 +61,7 @@ def test_results_never_leave_the_collection(collection, policies, ingest):
     other = collection_get_or_create(name="Other")
     ingest(other, "taxi.txt", b"Taxi rides are never reimbursed here.")
     for mode in ("dense", "fulltext", "hybrid"):
-        results = chunk_search(query="taxi reimbursed", collection=collection, k=50, mode=mode)
+        results = chunk_search(query="taxi reimbursed", collection=collection, reader=None, k=50, mode=mode)
         assert {r.document.original_filename for r in results} <= set(POLICIES)
 
 
@@ -69,12 +69,12 @@ def test_chinese_question_finds_chinese_passage(ingest):
     chinese = collection_get_or_create(name="中文", language="simple")
     ingest(chinese, "beijing.txt", "北京大学是中国著名的高等学府，位于北京市海淀区。".encode())
     ingest(chinese, "shanghai.txt", "上海是中国的经济中心，外滩非常有名。".encode())
-    results = chunk_search(query="北京大学位于哪个区？", collection=chinese, k=10, mode="fulltext")
+    results = chunk_search(query="北京大学位于哪个区？", collection=chinese, reader=None, k=10, mode="fulltext")
     assert results[0].document.original_filename == "beijing.txt"
 
 
 def test_stopword_only_question_returns_dense_results_without_error(collection, policies):
-    results = chunk_search(query="the of and", collection=collection, k=10)
+    results = chunk_search(query="the of and", collection=collection, reader=None, k=10)
     assert results and all(r.fulltext_rank is None for r in results)
 
 
@@ -87,7 +87,7 @@ def test_nearest_neighbour_query_uses_the_hnsw_index(collection):
               char_start=0, char_end=5, token_count=2, embedding=vector)
         for i, vector in enumerate(vectors)
     )
-    params = search_parameters(query="marker7", collection=collection, k=100, limit=100, mode="hybrid",
+    params = search_parameters(query="marker7", collection=collection, reader=None, k=100, limit=100, mode="hybrid",
                                embedding=vectors[0].tolist())
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE documents_chunk")
@@ -103,14 +103,14 @@ def test_a_rare_word_outranks_a_common_word_repeated(collection, ingest):
         ingest(collection, f"memo{index}.txt", f"Memo {index}: the budget meeting moved to room {index}.".encode())
     ingest(collection, "budget.txt", b"Budget, budget, budget: the budget is the budget.")
     ingest(collection, "helicopter.txt", b"The helicopter pad is on the roof.")
-    results = chunk_search(query="budget helicopter", collection=collection, k=10, mode="fulltext")
+    results = chunk_search(query="budget helicopter", collection=collection, reader=None, k=10, mode="fulltext")
     assert results[0].document.original_filename == "helicopter.txt"
     assert results[1].document.original_filename == "budget.txt"
 
 
 def test_quotes_and_backslashes_in_a_question_are_searched_as_text(collection, ingest):
     ingest(collection, "paths.txt", rb"O'Reilly keeps the files under C:\\data\\reports.")
-    results = chunk_search(query=r"O'Reilly's C:\\data\\ 'reports' \\", collection=collection, k=10, mode="fulltext")
+    results = chunk_search(query=r"O'Reilly's C:\\data\\ 'reports' \\", collection=collection, reader=None, k=10, mode="fulltext")
     assert results[0].document.original_filename == "paths.txt"
 
 

@@ -29,7 +29,7 @@ def candidates(collection, ingest):
     for name, text in {"a.txt": "Taxis are reimbursed with a receipt.", "b.txt": "Taxi rides at night cost more.",
                        "c.txt": "The taxi rank is outside."}.items():
         ingest(collection, name, text.encode())
-    return chunk_search(query="taxi", collection=collection, k=10)
+    return chunk_search(query="taxi", collection=collection, reader=None, k=10)
 
 
 def test_reranked_order_follows_the_worker_scores(worker_url, candidates):

@@ -62,7 +62,7 @@ def test_mining_takes_the_best_ranked_chunk_of_a_retrieved_relevant_document_and
     whale_chunks = chunk_texts(collection, "whale")
     assert len(whale_chunks) == 2
 
-    best = next(c.chunk.text for c in chunk_search(query="What does the blue whale eat?", collection=collection, k=100)
+    best = next(c.chunk.text for c in chunk_search(query="What does the blue whale eat?", collection=collection, reader=None, k=100)
                 if c.chunk.text in whale_chunks)
     assert groups["q-whale"].positives == [best]
     assert not set(whale_chunks) & set(groups["q-whale"].negatives)
