@@ -80,6 +80,12 @@ INSTALLED_APPS = [
     "ragapp.core",
     "ragapp.documents",
     "ragapp.retrieval",
+    "ragapp.answers",
+    "ragapp.api",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files served from here: no CDN needed offline
 ]
 
 MIDDLEWARE = [
@@ -159,6 +165,45 @@ RERANKER_TIMEOUT_SECONDS = float(env_str("RERANKER_TIMEOUT_SECONDS", "10"))
 # A worker that failed is skipped for this long before it is tried again.
 RERANKER_RETRY_AFTER_SECONDS = float(env_str("RERANKER_RETRY_AFTER_SECONDS", "30"))
 RERANK_TOP_N = env_int("RERANK_TOP_N", 5)
+
+# Generator: an OpenAI-compatible chat completions server (vLLM). Empty URL: answers show the best
+# passages and say that no generator is configured (`manage.py serve` starts a local vLLM).
+GENERATOR_URL = env_str("GENERATOR_URL")  # the API base, e.g. http://127.0.0.1:8001/v1
+GENERATOR_MODEL = env_str("GENERATOR_MODEL")  # empty: the first model the server lists
+GENERATOR_API_KEY = env_str("GENERATOR_API_KEY", "not-needed")
+GENERATOR_TIMEOUT_SECONDS = float(env_str("GENERATOR_TIMEOUT_SECONDS", "120"))
+# The prompt is fitted to the generator's context window, counted with its tokenizer (a hub id or
+# folder; empty: a cautious estimate of 1 token per 3 characters), leaving room for the answer.
+GENERATOR_CONTEXT_TOKENS = env_int("GENERATOR_CONTEXT_TOKENS", 2048)
+GENERATOR_MAX_TOKENS = env_int("GENERATOR_MAX_TOKENS", 400)
+GENERATOR_TOKENIZER = env_str("GENERATOR_TOKENIZER")
+GENERATOR_TEMPERATURE = float(env_str("GENERATOR_TEMPERATURE", "0.2"))
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "ragapp.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "ragapp.api.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ragapp API",
+    "DESCRIPTION": "Answers from your own documents, with citations. Authenticate with `Authorization: Token KEY` "
+                   "(or `Bearer KEY`); create a key in the admin under Auth Token.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 # First administrator, created by `manage.py serve` when no superuser exists.
 ADMIN_USERNAME = env_str("ADMIN_USERNAME", "admin")

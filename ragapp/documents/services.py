@@ -33,6 +33,14 @@ def collection_get_or_create(*, name: str, language: str = "english") -> Collect
     return collection
 
 
+def collection_create(*, name: str, creator=None, **fields) -> Collection:
+    """A new collection with a unique slug; its creator (when not a superuser) may read it."""
+    collection = Collection.objects.create(name=name, slug=_unique_slug(name), **fields)
+    if creator is not None and not creator.is_superuser:
+        collection.readers.add(creator)
+    return collection
+
+
 def _unique_slug(name: str) -> str:
     base = slugify(name)[:190] or "collection"
     slug, suffix = base, 2

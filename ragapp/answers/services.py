@@ -1,0 +1,277 @@
+"""A question -> a stored, cited answer: rewrite, retrieve, rerank, prompt, generate.
+
+`question_answer_stream` yields events as the stages finish (the chat UI, the REST API's
+server-sent events and the OpenAI-compatible endpoint all read the same events);
+`question_answer` runs it to the end. Each stage's time is kept on the answer.
+
+Events, in order (plain dicts, ready for JSON):
+  {"event": "start", "conversation": id, "question_message": id}
+  {"event": "passages", "standalone_question", "reranked", "notice", "passages": [...]}
+  {"event": "token", "text": str}                      (zero or more)
+  {"event": "done", "message": id, "answer", "generated", "notice", "cited", "invalid_citations",
+   "citations": [...], "timings": {...}}
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+
+from ragapp.answers import generator
+from ragapp.answers.models import Citation, Conversation, Message
+from ragapp.answers.prompt import Passage, answer_prompt, citations_check, rewrite_prompt, rewritten_question
+from ragapp.documents.models import Collection
+from ragapp.retrieval.rerank_client import RankedCandidate, candidates_rerank
+from ragapp.retrieval.selectors import chunk_search, readable_collections
+
+HISTORY_TURNS = 6  # earlier messages shown to the rewriter
+REWRITE_MAX_TOKENS = 96
+
+
+class AnswerError(Exception):
+    """The question cannot be answered as asked; the message says what to change."""
+
+    error_type = "invalid_request"
+    status = 400
+
+
+class CollectionNotFound(AnswerError):
+    error_type = "not_found"
+    status = 404
+
+
+def collection_for_reader(*, user, collection_id=None, name: str | None = None) -> Collection:
+    """The collection by id, slug or name, if `user` may read it (else not found: no hint it exists)."""
+    readable = readable_collections(user)
+    if collection_id is not None:
+        match = readable.filter(pk=collection_id).first() if str(collection_id).isdigit() else None
+    elif name:
+        match = readable.filter(slug=name).first() or readable.filter(name=name).first()
+    else:
+        match = readable.first() if readable.count() == 1 else None
+        if match is None:
+            raise AnswerError("Choose a collection: you may read several (or none).")
+    if match is None:
+        raise CollectionNotFound(f"No collection {collection_id or name!r} that you may read.")
+    return match
+
+
+def conversation_for_user(*, user, conversation_id) -> Conversation:
+    conversation = Conversation.objects.filter(pk=conversation_id, user=user).select_related("collection").first()
+    if conversation is None:
+        raise CollectionNotFound(f"No conversation {conversation_id} of yours.")
+    return conversation
+
+
+@dataclass
+class _Run:
+    """What one answer gathers on its way, for the stored message and the final event."""
+
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+    def lap(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - since, 4)
+        return now
+
+
+def question_answer(*, user, question: str, collection: Collection | None = None,
+                    conversation: Conversation | None = None) -> Message:
+    """Answer `question` to the end and return the stored answer message."""
+    done = None
+    for event in question_answer_stream(user=user, question=question, collection=collection, conversation=conversation):
+        done = event
+    return Message.objects.get(pk=done["message"])
+
+
+def question_answer_stream(*, user, question: str, collection: Collection | None = None,
+                           conversation: Conversation | None = None,
+                           history: list[tuple[str, str]] | None = None) -> Iterator[dict]:
+    """Answer `question` in `collection` (or continue `conversation`), yielding events as stages finish.
+
+    `history` gives earlier (role, text) turns of a conversation kept elsewhere (an OpenAI client's messages)."""
+    question = (question or "").strip()
+    if not question:
+        raise AnswerError("The question is empty: type a question.")
+    if conversation is None and collection is None:
+        raise AnswerError("Name the collection to ask (or a conversation to continue).")
+    if conversation is not None:
+        collection = conversation.collection
+    if not readable_collections(user).filter(pk=collection.pk).exists():
+        raise CollectionNotFound("No such collection that you may read.")
+    run = _Run()
+    history = _history(conversation) if conversation else (history or [])[-HISTORY_TURNS:]
+    with transaction.atomic():
+        conversation = conversation or Conversation.objects.create(user=user, collection=collection, title=question[:200])
+        asked = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=question)
+    yield {"event": "start", "conversation": conversation.pk, "question_message": asked.pk}
+
+    standalone = _standalone_question(question, history, run)
+    ranked, reranked = _passages_ranked(standalone, collection, user, run)
+    passages = [_passage(number, item) for number, item in enumerate(ranked, 1)]
+    yield {"event": "passages", "standalone_question": standalone, "reranked": reranked,
+           "notice": " ".join(run.notices), "passages": [_passage_json(p, item) for p, item in zip(passages, ranked)]}
+
+    answer_parts: list[str] = []
+    prompt = None
+    if passages:
+        since = time.perf_counter()
+        prompt = answer_prompt(question=standalone, passages=passages, count_tokens=generator.token_counter(),
+                               context_tokens=settings.GENERATOR_CONTEXT_TOKENS, answer_tokens=settings.GENERATOR_MAX_TOKENS)
+        run.lap("prompt", since)
+        for text in _generate(prompt.messages, run):
+            answer_parts.append(text)
+            yield {"event": "token", "text": text}
+    else:
+        run.notices.append(f"Nothing in {collection.name} matches the question.")
+    message = _answer_store(conversation, "".join(answer_parts), standalone, reranked, ranked, prompt, run)
+    yield _done_event(message)
+
+
+def passages_search(*, user, query: str, collection: Collection, top_n: int | None = None) -> dict:
+    """Retrieval and reranking without generation: the best passages for `query`, as the APIs return them."""
+    query = (query or "").strip()
+    if not query:
+        raise AnswerError("The query is empty: type what to search for.")
+    run = _Run()
+    ranked, reranked = _passages_ranked(query, collection, user, run, top_n=top_n)
+    results = [_passage_json(_passage(number, item), item) for number, item in enumerate(ranked, 1)]
+    run.timings["total"] = round(time.perf_counter() - run.started, 4)
+    return {"reranked": reranked, "notice": " ".join(run.notices), "results": results, "timings": run.timings}
+
+
+def _history(conversation: Conversation) -> list[tuple[str, str]]:
+    messages = list(conversation.messages.order_by("-created_at", "-id")[:HISTORY_TURNS])
+    return [(message.role, message.content) for message in reversed(messages) if message.content]
+
+
+def _standalone_question(question: str, history: list[tuple[str, str]], run: _Run) -> str:
+    """A follow-up rewritten to stand alone, so retrieval sees what it refers to."""
+    if not history or not generator.generator_configured():
+        return question
+    since = time.perf_counter()
+    try:
+        reply = generator.chat_complete(messages=rewrite_prompt(history=history, question=question),
+                                        max_tokens=REWRITE_MAX_TOKENS)
+        standalone = rewritten_question(reply, question=question)
+    except generator.GeneratorUnavailable as error:
+        run.notices.append(f"The follow-up could not be rewritten ({error}); it was searched as asked.")
+        standalone = question
+    run.lap("rewrite", since)
+    return standalone
+
+
+def _passages_ranked(question: str, collection: Collection, user, run: _Run,
+                     top_n: int | None = None) -> tuple[list[RankedCandidate], bool]:
+    since = time.perf_counter()
+    candidates = chunk_search(query=question, collection=collection, reader=user, k=settings.RETRIEVAL_CANDIDATES)
+    since = run.lap("retrieve", since)
+    top_n = top_n or settings.RERANK_TOP_N
+    if not collection.reranking_enabled:
+        run.notices.append("Reranking is switched off for this collection: passages are in retrieval order.")
+        ranked = [RankedCandidate(c, rank, None, c.score) for rank, c in enumerate(candidates[:top_n], 1)]
+        return ranked, False
+    outcome = candidates_rerank(query=question, candidates=candidates, top_n=top_n,
+                                fusion_weight=collection.rerank_fusion_weight)
+    run.lap("rerank", since)
+    if not outcome.reranked:
+        run.notices.append(f"Reranking was skipped: {outcome.reason} Passages are in retrieval order.")
+    return outcome.ranked, outcome.reranked
+
+
+def _generate(messages: list[dict], run: _Run) -> Iterator[str]:
+    """The generator's text as it comes; on failure a notice instead (passages are still shown)."""
+    since = time.perf_counter()
+    first = True
+    try:
+        for text in generator.chat_stream(messages=messages):
+            if first:
+                run.timings["first_token"] = round(time.perf_counter() - run.started, 4)
+                first = False
+            yield text
+    except generator.GeneratorUnavailable as error:
+        run.notices.append(f"No answer was generated: {error} The most relevant passages are shown instead.")
+    run.lap("generate", since)
+
+
+def _passage(number: int, item: RankedCandidate) -> Passage:
+    chunk = item.candidate.chunk
+    return Passage(number=number, title=chunk.document.title or chunk.document.original_filename,
+                   page=chunk.page, text=chunk.text)
+
+
+def _passage_json(passage: Passage, item: RankedCandidate) -> dict:
+    chunk = item.candidate.chunk
+    return {"number": passage.number, "chunk": chunk.pk, "document": chunk.document.pk, "title": passage.title,
+            "page": passage.page, "text": passage.text, "score": item.score, "rerank_score": item.rerank_score}
+
+
+@transaction.atomic
+def _answer_store(conversation: Conversation, answer: str, standalone: str, reranked: bool,
+                  ranked: list[RankedCandidate], prompt, run: _Run) -> Message:
+    sent = prompt.passages if prompt else []
+    generated = bool(answer.strip())
+    cited, invalid = citations_check(answer, passage_count=len(sent)) if generated else ([], [])
+    if prompt and prompt.dropped:
+        run.notices.append(f"{prompt.dropped} lower-ranked passage(s) did not fit the generator's context and were left out.")
+    if not generated and not any(n.startswith("No answer") or n.startswith("Nothing") for n in run.notices):
+        run.notices.append("The generator returned no text. The most relevant passages are shown instead.")
+    run.timings["total"] = round(time.perf_counter() - run.started, 4)
+    message = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, content=answer, standalone_question=standalone,
+        reranked=reranked, notice=" ".join(run.notices), generated=generated, timings=run.timings,
+    )
+    # Every passage shown is stored: those sent (numbered as in the prompt), then any left out.
+    shown = {passage.number: passage for passage in sent}
+    Citation.objects.bulk_create([
+        _citation(message, number, item, shown.get(number), cited) for number, item in enumerate(ranked, 1)
+    ])
+    conversation.save(update_fields=["updated_at"])
+    return message
+
+
+def _citation(message: Message, number: int, item: RankedCandidate, sent: Passage | None, cited: list[int]) -> Citation:
+    chunk = item.candidate.chunk
+    return Citation(
+        message=message, number=number, chunk_id=chunk.pk, document_id=chunk.document.pk,
+        document_title=chunk.document.title or chunk.document.original_filename, page=chunk.page,
+        text=sent.text if sent else chunk.text, score=item.score, rerank_score=item.rerank_score,
+        sent=sent is not None, cited=number in cited,
+    )
+
+
+def _done_event(message: Message) -> dict:
+    return {"event": "done", "message": message.pk, **answer_json(message)}
+
+
+def fallback_text(answer: dict) -> str:
+    """What to say when no answer was generated: the reason, then the best passages."""
+    lines = [answer["notice"] or "No answer was generated."]
+    for citation in answer["citations"]:
+        page = f", page {citation['page']}" if citation["page"] else ""
+        lines.append(f"[{citation['number']}] {citation['title']}{page}: {citation['text'][:500]}")
+    return "\n\n".join(lines)
+
+
+def answer_json(message: Message) -> dict:
+    """An answer as the APIs return it."""
+    citations = list(message.citations.all())
+    valid = [c.number for c in citations if c.cited]
+    _, invalid = citations_check(message.content, passage_count=sum(c.sent for c in citations))
+    return {
+        "answer": message.content, "generated": message.generated, "notice": message.notice,
+        "standalone_question": message.standalone_question, "reranked": message.reranked,
+        "cited": valid, "invalid_citations": invalid, "timings": message.timings,
+        "citations": [citation_json(c) for c in citations],
+    }
+
+
+def citation_json(citation: Citation) -> dict:
+    return {"number": citation.number, "chunk": citation.chunk_id, "document": citation.document_id,
+            "title": citation.document_title, "page": citation.page, "text": citation.text,
+            "score": citation.score, "rerank_score": citation.rerank_score, "sent": citation.sent,
+            "cited": citation.cited}

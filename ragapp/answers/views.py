@@ -1,0 +1,93 @@
+"""The chat UI: conversations, a streamed answer, citations that open their passage, feedback."""
+
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_GET, require_POST
+
+from ragapp.answers.models import Conversation, Feedback, Message
+from ragapp.answers.rendering import answer_html
+from ragapp.answers.services import AnswerError, collection_for_reader, conversation_for_user, question_answer_stream
+from ragapp.retrieval.selectors import readable_collections
+
+MAX_QUESTION_CHARACTERS = 4000
+
+
+@require_GET
+@login_required
+def chat(request, conversation_id: int | None = None):
+    conversation = None
+    if conversation_id is not None:
+        conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+    context = {
+        "conversations": Conversation.objects.filter(user=request.user)[:100],
+        "collections": readable_collections(request.user),
+        "conversation": conversation,
+        "turns": _turns(conversation) if conversation else [],
+    }
+    return render(request, "answers/chat.html", context)
+
+
+def _turns(conversation: Conversation) -> list[dict]:
+    """Messages with what the template needs: answers rendered safe, citations as JSON for the panel."""
+    turns = []
+    for message in conversation.messages.prefetch_related("citations", "feedback"):
+        citations = list(message.citations.all())
+        sent = sum(citation.sent for citation in citations)
+        turns.append({
+            "message": message,
+            "html": answer_html(message.content, sent=sent) if message.role == Message.Role.ASSISTANT else "",
+            "citations": [_citation_panel(c) for c in citations],
+            "rating": next((f.rating for f in message.feedback.all() if f.user_id == conversation.user_id), 0),
+        })
+    return turns
+
+
+def _citation_panel(citation) -> dict:
+    return {"number": citation.number, "title": citation.document_title, "page": citation.page, "text": citation.text,
+            "document": citation.document_id, "sent": citation.sent, "cited": citation.cited}
+
+
+@require_POST
+@login_required
+def ask(request):
+    """Stream the answer as newline-delimited JSON events (see answers.services)."""
+    question = request.POST.get("question", "").strip()[:MAX_QUESTION_CHARACTERS]
+    try:
+        if request.POST.get("conversation"):
+            target = {"conversation": conversation_for_user(user=request.user, conversation_id=request.POST["conversation"])}
+        else:
+            target = {"collection": collection_for_reader(user=request.user, collection_id=request.POST.get("collection"))}
+        events = question_answer_stream(user=request.user, question=question, **target)
+        first = next(events)
+    except AnswerError as error:
+        return JsonResponse({"error": str(error)}, status=error.status)
+    response = StreamingHttpResponse(_lines(first, events), content_type="application/x-ndjson; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _lines(first: dict, events):
+    yield json.dumps(first) + "\n"
+    for event in events:
+        if event["event"] == "done":
+            sent = sum(citation["sent"] for citation in event["citations"])
+            event = {**event, "html": answer_html(event["answer"], sent=sent)}
+        yield json.dumps(event, ensure_ascii=False) + "\n"
+
+
+@require_POST
+@login_required
+def feedback(request, message_id: int):
+    message = Message.objects.filter(pk=message_id, conversation__user=request.user, role=Message.Role.ASSISTANT).first()
+    if message is None:
+        raise Http404("No such answer of yours.")
+    rating = {"up": Feedback.Rating.UP, "down": Feedback.Rating.DOWN}.get(request.POST.get("rating", ""))
+    if rating is None:
+        return JsonResponse({"error": "Rate the answer 'up' or 'down'."}, status=400)
+    comment = request.POST.get("comment", "").strip()[:4000]
+    Feedback.objects.update_or_create(message=message, user=request.user, defaults={"rating": rating, "comment": comment})
+    return JsonResponse({"rating": "up" if rating > 0 else "down", "comment": comment})

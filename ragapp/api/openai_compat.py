@@ -1,0 +1,114 @@
+"""The whole RAG pipeline behind an OpenAI-compatible API: /v1/chat/completions and /v1/models.
+
+`model` names a collection (slug or name); the last user message is the question and earlier
+turns help rewrite a follow-up. The user's API token is the API key (`Authorization: Bearer
+KEY`). Citations travel in an extra `citations` field: on the completion, and on the last
+chunk of a stream. Errors use OpenAI's shape, {"error": {"message", "type", "code"}}.
+"""
+
+import json
+import time
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.decorators import api_view
+from rest_framework.response import Response
+
+from ragapp.answers.services import AnswerError, collection_for_reader, fallback_text, question_answer_stream
+from ragapp.api.views import primed
+from ragapp.retrieval.selectors import readable_collections
+
+
+class ChatMessage(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant", "developer", "tool"])
+    content = serializers.JSONField(help_text="Text, or a list of content parts of which the text parts are read.")
+
+
+class ChatCompletionRequest(serializers.Serializer):
+    model = serializers.CharField(help_text="The collection to answer from (its slug or name; see /v1/models).")
+    messages = ChatMessage(many=True, allow_empty=False)
+    stream = serializers.BooleanField(default=False)
+
+
+def openai_error(message: str, *, status: int, error_type: str = "invalid_request_error", code: str | None = None):
+    return Response({"error": {"message": message, "type": error_type, "code": code}}, status=status)
+
+
+def message_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+    return ""
+
+
+@extend_schema(responses={200: dict}, description="The collections you may ask, listed as models.")
+@api_view(["GET"])
+def models_list(request):
+    data = [{"id": collection.slug, "object": "model", "created": int(collection.created_at.timestamp()),
+             "owned_by": "ragapp", "name": collection.name} for collection in readable_collections(request.user)]
+    return Response({"object": "list", "data": data})
+
+
+@extend_schema(request=ChatCompletionRequest, responses={200: dict},
+               description="Chat completions answered by the RAG pipeline; citations in an extra `citations` field.")
+@api_view(["POST"])
+def chat_completions(request):
+    body = ChatCompletionRequest(data=request.data)
+    if not body.is_valid():
+        return openai_error(_first_error(body.errors), status=400)
+    data = body.validated_data
+    turns = [(m["role"], message_text(m["content"])) for m in data["messages"] if m["role"] in ("user", "assistant")]
+    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
+        return openai_error("The last message must be the user's question, with text.", status=400)
+    try:
+        collection = collection_for_reader(user=request.user, name=data["model"])
+        events = primed(question_answer_stream(user=request.user, question=turns[-1][1], collection=collection,
+                                               history=turns[:-1]))
+    except AnswerError as error:
+        return openai_error(str(error), status=error.status, code="model_not_found" if error.status == 404 else None)
+    completion_id, created = f"chatcmpl-{next(events)['question_message']}", int(time.time())
+    if data["stream"]:
+        return _stream(events, completion_id, created, collection.slug)
+    *_, done = events
+    answer = done["answer"] if done["generated"] else fallback_text(done)
+    return Response({
+        "id": completion_id, "object": "chat.completion", "created": created, "model": collection.slug,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        "citations": done["citations"], "rag": _rag_fields(done),
+    })
+
+
+def _stream(events, completion_id: str, created: int, model: str) -> StreamingHttpResponse:
+    def chunk(delta: dict, finish_reason=None, **extra) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def encode():
+        yield chunk({"role": "assistant", "content": ""})
+        for event in events:
+            if event["event"] == "token":
+                yield chunk({"content": event["text"]})
+            elif event["event"] == "done":
+                if not event["generated"]:
+                    yield chunk({"content": fallback_text(event)})
+                yield chunk({}, "stop", citations=event["citations"], rag=_rag_fields(event))
+        yield "data: [DONE]\n\n"
+
+    response = StreamingHttpResponse(encode(), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _rag_fields(done: dict) -> dict:
+    keys = ("generated", "notice", "reranked", "standalone_question", "cited", "invalid_citations", "timings", "message")
+    return {key: done[key] for key in keys}
+
+
+def _first_error(errors) -> str:
+    field, problems = next(iter(errors.items()))
+    detail = problems[0] if isinstance(problems, list) and problems else problems
+    return f"{field}: {detail}"

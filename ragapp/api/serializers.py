@@ -1,0 +1,125 @@
+"""Request and response shapes of the REST API (/api/v1/)."""
+
+from rest_framework import serializers
+
+from ragapp.answers.models import Conversation, Feedback, Message
+from ragapp.documents.models import Collection, Document
+
+
+class AskRequest(serializers.Serializer):
+    question = serializers.CharField(max_length=4000, trim_whitespace=True)
+    collection = serializers.CharField(required=False, help_text="Collection id, slug or name. Not needed to continue a conversation.")
+    conversation = serializers.IntegerField(required=False, help_text="Continue this conversation (a follow-up).")
+    stream = serializers.BooleanField(default=False, help_text="Answer as server-sent events (start, passages, token..., done).")
+
+
+class PassageSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    chunk = serializers.IntegerField(allow_null=True)
+    document = serializers.IntegerField(allow_null=True)
+    title = serializers.CharField()
+    page = serializers.IntegerField(allow_null=True)
+    text = serializers.CharField()
+    score = serializers.FloatField()
+    rerank_score = serializers.FloatField(allow_null=True)
+    sent = serializers.BooleanField(required=False, help_text="Sent to the generator (False: left out to fit).")
+    cited = serializers.BooleanField(required=False, help_text="The answer cites it as [number].")
+
+
+class AnswerSerializer(serializers.Serializer):
+    conversation = serializers.IntegerField()
+    message = serializers.IntegerField()
+    answer = serializers.CharField(allow_blank=True)
+    generated = serializers.BooleanField(help_text="False: no generator answered; the citations are the best passages.")
+    notice = serializers.CharField(allow_blank=True, help_text="What was skipped or failed, in plain words.")
+    standalone_question = serializers.CharField()
+    reranked = serializers.BooleanField()
+    cited = serializers.ListField(child=serializers.IntegerField())
+    invalid_citations = serializers.ListField(child=serializers.IntegerField(),
+                                              help_text="[n] in the answer that name no passage sent: not links.")
+    citations = PassageSerializer(many=True)
+    timings = serializers.DictField(child=serializers.FloatField(), help_text="Seconds per stage.")
+
+
+class SearchRequest(serializers.Serializer):
+    query = serializers.CharField(max_length=4000)
+    collection = serializers.CharField(help_text="Collection id, slug or name.")
+    top_n = serializers.IntegerField(required=False, min_value=1, max_value=100)
+
+
+class SearchResponse(serializers.Serializer):
+    reranked = serializers.BooleanField()
+    notice = serializers.CharField(allow_blank=True)
+    results = PassageSerializer(many=True)
+    timings = serializers.DictField(child=serializers.FloatField())
+
+
+class CollectionSerializer(serializers.ModelSerializer):
+    document_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Collection
+        fields = ["id", "name", "slug", "language", "reranking_enabled", "rerank_fusion_weight", "document_count", "created_at"]
+        read_only_fields = ["slug", "rerank_fusion_weight", "created_at"]
+
+    def get_document_count(self, collection) -> int:
+        annotated = getattr(collection, "document_count", None)
+        return annotated if annotated is not None else collection.documents.count()
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    file = serializers.FileField(write_only=True, help_text="PDF, DOCX, HTML, Markdown or text.")
+    collection = serializers.PrimaryKeyRelatedField(queryset=Collection.objects.all())
+
+    class Meta:
+        model = Document
+        fields = ["id", "collection", "title", "file", "original_filename", "content_type", "size_bytes", "status",
+                  "progress", "error", "chunk_count", "created_at", "ingested_at"]
+        read_only_fields = ["original_filename", "content_type", "size_bytes", "status", "progress", "error",
+                            "chunk_count", "created_at", "ingested_at"]
+        extra_kwargs = {"title": {"required": False}}
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    citations = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = ["id", "role", "content", "standalone_question", "generated", "reranked", "notice", "timings",
+                  "created_at", "citations"]
+
+    def get_citations(self, message) -> list[dict]:
+        from ragapp.answers.services import citation_json
+
+        return [citation_json(citation) for citation in message.citations.all()]
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Conversation
+        fields = ["id", "title", "collection", "created_at", "updated_at"]
+
+
+class ConversationDetailSerializer(ConversationSerializer):
+    messages = MessageSerializer(many=True, read_only=True)
+
+    class Meta(ConversationSerializer.Meta):
+        fields = [*ConversationSerializer.Meta.fields, "messages"]
+
+
+class FeedbackSerializer(serializers.ModelSerializer):
+    rating = serializers.ChoiceField(choices=[("up", "up"), ("down", "down"), (1, 1), (-1, -1)],
+                                     help_text="up (1) or down (-1).")
+
+    class Meta:
+        model = Feedback
+        fields = ["id", "rating", "comment", "created_at"]
+        read_only_fields = ["created_at"]
+
+    def validate_rating(self, value) -> int:
+        return {"up": 1, "down": -1}.get(value, value) if not isinstance(value, int) else value
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["rating"] = "up" if instance.rating > 0 else "down"
+        return data
