@@ -1,11 +1,14 @@
 """Shared fixtures: collections and documents in the real (embedded) PostgreSQL test database."""
 
 import io
+import socket
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 from django.core.files.base import ContentFile
 
+from ragapp.answers.local_generator import LocalGeneratorError, LocalServer, server_start
 from ragapp.documents.services import collection_get_or_create, document_create, document_ingest
 
 
@@ -51,3 +54,32 @@ def ingest(db):
 def media_root(settings, tmp_path):
     """Keep uploaded files of each test in its own folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Close connections after each request: live-server threads must not hold the test database open."""
+    from django.conf import settings
+
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def local_vllm() -> Iterator[LocalServer]:
+    """Yield a ready LocalServer; a failed install, conversion or start is an error, never a skip."""
+    try:
+        server = server_start(port=free_port())
+    except LocalGeneratorError as error:
+        raise pytest.fail.Exception(str(error), pytrace=False) from None
+    with server:  # stops it at the end of the session
+        try:
+            server.wait_ready(timeout=300)
+        except LocalGeneratorError as error:
+            raise pytest.fail.Exception(str(error), pytrace=False) from None
+        yield server
