@@ -179,7 +179,7 @@ def _passages_ranked(question: str, collection: Collection, user, run: _Run,
                                 fusion_weight=collection.rerank_fusion_weight)
     run.lap("rerank", since)
     if not outcome.reranked:
-        run.notices.append(f"Reranking was skipped: {outcome.reason} Passages are in retrieval order.")
+        run.notices.append(f"Reranking was skipped: {outcome.reason.rstrip('.')}. Passages are in retrieval order.")
     return outcome.ranked, outcome.reranked
 
 

@@ -108,16 +108,18 @@ class ConversationDetailSerializer(ConversationSerializer):
 
 
 class FeedbackSerializer(serializers.ModelSerializer):
-    rating = serializers.ChoiceField(choices=[("up", "up"), ("down", "down"), (1, 1), (-1, -1)],
-                                     help_text="up (1) or down (-1).")
+    rating = serializers.CharField(help_text="up or down (1 and -1 are accepted too).")
 
     class Meta:
         model = Feedback
         fields = ["id", "rating", "comment", "created_at"]
         read_only_fields = ["created_at"]
 
-    def validate_rating(self, value) -> int:
-        return {"up": 1, "down": -1}.get(value, value) if not isinstance(value, int) else value
+    def validate_rating(self, value: str) -> int:
+        ratings = {"up": Feedback.Rating.UP, "1": Feedback.Rating.UP, "down": Feedback.Rating.DOWN, "-1": Feedback.Rating.DOWN}
+        if str(value).strip().lower() not in ratings:
+            raise serializers.ValidationError("Rate the answer 'up' or 'down'.")
+        return ratings[str(value).strip().lower()]
 
     def to_representation(self, instance):
         data = super().to_representation(instance)

@@ -71,7 +71,9 @@ class RerankerPool:
     def scores(self, *, query: str, documents: list[str]) -> tuple[list[float], str]:
         """Return relevance scores in document order and the worker URL that gave them."""
         if not self.workers:
-            raise RerankerUnavailable("no reranker worker is configured (set RERANKER_URL)")
+            raise RerankerUnavailable("no reranker is configured (set RERANKER_MODEL, a hub id such as "
+                                      "BAAI/bge-reranker-base or a folder, for `manage.py serve` to start a worker; "
+                                      "or RERANKER_URL to use running workers)")
         errors = []
         for worker in self._rotation():
             try:

@@ -1,0 +1,78 @@
+"""/v1/chat/completions and /v1/models through the official `openai` client, over real HTTP.
+
+`model` names a collection; the API token is the API key. The generator behind the pipeline is
+the scripted OpenAI-compatible server (exact replies); test_vllm_end_to_end.py uses a real vLLM.
+"""
+
+import openai
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+
+from ragapp.documents.services import collection_get_or_create
+from tests.answers.scripted_generator import scripted_generator
+
+
+@pytest.fixture
+def handbook(collection, ingest):
+    ingest(collection, "travel.txt", b"Train tickets are reimbursed in second class. Taxi rides need a receipt.")
+    return collection
+
+
+@pytest.fixture
+def client(live_server, handbook):
+    user = User.objects.create_user("reader", password="pw")
+    handbook.readers.add(user)
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=Token.objects.create(user=user).key, max_retries=0)
+
+
+@pytest.fixture(autouse=True)
+def generator(settings):
+    settings.RERANKER_URLS = []
+    with scripted_generator(lambda messages: "Taxi rides need a receipt [1].") as (url, scripted):
+        settings.GENERATOR_URL, settings.GENERATOR_MODEL = url, ""
+        yield scripted
+
+
+def test_models_are_the_collections_the_key_may_read(client, handbook):
+    collection_get_or_create(name="Secret B")
+    assert [model.id for model in client.models.list().data] == [handbook.slug]
+
+
+def test_a_completion_answers_from_the_collection_with_citations(client, handbook):
+    completion = client.chat.completions.create(
+        model=handbook.slug, messages=[{"role": "user", "content": "Do taxi rides need a receipt?"}])
+    assert completion.choices[0].message.content == "Taxi rides need a receipt [1]."
+    extra = completion.model_extra
+    assert extra["citations"][0]["title"] == "travel" and extra["citations"][0]["cited"]
+    assert extra["rag"]["generated"] and "retrieve" in extra["rag"]["timings"]
+
+
+def test_a_streamed_completion_yields_the_answer_then_citations(client, handbook):
+    stream = client.chat.completions.create(
+        model=handbook.slug, stream=True, messages=[{"role": "user", "content": "Do taxi rides need a receipt?"}])
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert text == "Taxi rides need a receipt [1]."
+    assert len([c for c in chunks if c.choices[0].delta.content]) >= 4
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].model_extra["citations"][0]["number"] == 1
+
+
+def test_earlier_messages_make_a_follow_up_that_is_rewritten(client, handbook, generator):
+    client.chat.completions.create(model=handbook.slug, messages=[
+        {"role": "user", "content": "Are train tickets reimbursed?"},
+        {"role": "assistant", "content": "Yes, in second class [1]."},
+        {"role": "user", "content": "and taxis?"},
+    ])
+    rewrite = generator.requests[0]["messages"]
+    assert rewrite[0]["content"].startswith("Rewrite") and "User: Are train tickets reimbursed?" in rewrite[1]["content"]
+
+
+def test_unknown_model_wrong_key_and_bad_messages_are_openai_errors(client, handbook, live_server):
+    with pytest.raises(openai.NotFoundError, match="that you may read"):
+        client.chat.completions.create(model="nowhere", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="last message must be the user's question"):
+        client.chat.completions.create(model=handbook.slug, messages=[{"role": "assistant", "content": "hi"}])
+    stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="not-a-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
