@@ -11,6 +11,7 @@ from django.utils.text import Truncator
 from ragapp.documents.forms import DocumentUploadForm
 from ragapp.documents.models import Chunk, Collection, Document
 from ragapp.documents.services import document_create, document_delete, document_reingest
+from ragapp.retrieval.selectors import readable_collections
 
 CHUNKS_SHOWN_ON_DOCUMENT_PAGE = 100
 
@@ -23,7 +24,9 @@ class CollectionAdmin(admin.ModelAdmin):
     search_fields = ["name"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(number_of_documents=Count("documents"))
+        # Staff who are not superusers see only the collections they may read (the same rule as search).
+        readable = super().get_queryset(request).filter(pk__in=readable_collections(request.user).values("pk"))
+        return readable.annotate(number_of_documents=Count("documents"))
 
     @admin.display(description="Documents", ordering="number_of_documents")
     def document_count(self, collection):
@@ -33,7 +36,7 @@ class CollectionAdmin(admin.ModelAdmin):
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
     list_display = ["title", "collection", "status_badge", "progress_bar", "chunk_count", "failure_reason", "created_at"]
-    list_filter = ["status", "collection"]
+    list_filter = ["status", ("collection", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["title", "original_filename"]
     actions = ["reingest_selected", "delete_selected_documents"]
     readonly_fields = [
@@ -41,6 +44,9 @@ class DocumentAdmin(admin.ModelAdmin):
         "progress", "error", "chunk_count", "uploaded_by", "created_at", "updated_at", "ingested_at", "chunk_list",
     ]
     fields = ["title"] + readonly_fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(collection__in=readable_collections(request.user).values("pk"))
 
     def get_urls(self):
         upload = path("upload/", self.admin_site.admin_view(self.upload_view), name="documents_document_upload")
@@ -56,7 +62,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def upload_view(self, request):
         """Upload one or many files into a collection; ingestion runs in the background."""
-        form = DocumentUploadForm(request.POST or None, request.FILES or None)
+        form = DocumentUploadForm(request.POST or None, request.FILES or None, collections=readable_collections(request.user))
         if request.method == "POST" and form.is_valid():
             for file in form.cleaned_data["files"]:
                 self._create_from_upload(request, form.cleaned_data["collection"], file)
@@ -126,11 +132,14 @@ class DocumentAdmin(admin.ModelAdmin):
 @admin.register(Chunk)
 class ChunkAdmin(admin.ModelAdmin):
     list_display = ["document", "ordinal", "page", "token_count", "excerpt"]
-    list_filter = ["collection"]
+    list_filter = [("collection", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["text"]
     list_select_related = ["document"]
     fields = ["document", "ordinal", "page", "heading_path", "char_start", "char_end", "token_count", "text"]
     readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(collection__in=readable_collections(request.user).values("pk"))
 
     def has_add_permission(self, request):
         return False  # chunks come from ingestion only

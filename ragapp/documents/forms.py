@@ -25,3 +25,8 @@ class DocumentUploadForm(forms.Form):
     files = MultipleFileField(
         help_text="PDF, DOCX, HTML, Markdown or plain text (UTF-8). Select several files at once if you like."
     )
+
+    def __init__(self, *args, collections=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if collections is not None:  # only the collections the uploader may read
+            self.fields["collection"].queryset = collections

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
@@ -88,7 +89,12 @@ def test_delete_action_removes_document_chunks_and_file(admin, collection, inges
     assert keep.chunks.exists()
 
 
-def test_staff_only_can_fetch_originals(client, collection, ingest):
+def test_only_readers_of_the_collection_can_fetch_originals(client, collection, ingest):
     document = ingest(collection, "ok.txt", b"Internal only.")
     response = client.get(reverse("document_file", args=[document.pk]))
-    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    outsider = User.objects.create_user("outsider")
+    client.force_login(outsider)
+    assert client.get(reverse("document_file", args=[document.pk])).status_code == 404
+    collection.readers.add(outsider)
+    assert b"".join(client.get(reverse("document_file", args=[document.pk])).streaming_content) == b"Internal only."
