@@ -1,6 +1,12 @@
-"""manage.py serve: migrate, ensure an administrator, run the web server and ingestion worker together."""
+"""manage.py serve: migrate, ensure an administrator, run the whole product on this machine.
 
+Web server, ingestion worker, a reranker worker (when RERANKER_MODEL names a model) and, unless
+GENERATOR_URL points at one, a local vLLM server on the CPU with SmolLM2-135M-Instruct.
+"""
+
+import os
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -19,7 +25,9 @@ class Command(BaseCommand):
     help = (
         "Run the whole product on this machine: apply migrations, create the first administrator "
         "(ADMIN_USERNAME/ADMIN_PASSWORD, or a generated password printed once), then start the web "
-        "server (gunicorn) and the ingestion worker (Procrastinate) and keep them running."
+        "server (gunicorn), the ingestion worker (Procrastinate), a reranker worker when RERANKER_MODEL "
+        "is set (and RERANKER_URL is not), and a local vLLM generator when GENERATOR_URL is not set "
+        "(the first start installs vLLM for the CPU into a cache: minutes); keep them all running."
     )
 
     def add_arguments(self, parser):
@@ -27,8 +35,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="Port to listen on (default 8000).")
         parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2).")
         parser.add_argument("--ingestion-workers", type=int, default=1, help="Ingestion worker processes (default 1).")
+        parser.add_argument("--generator-port", type=int, default=8001,
+                            help="Port of the local vLLM server, started when GENERATOR_URL is not set (default 8001).")
+        parser.add_argument("--reranker-port", type=int, default=8002,
+                            help="Port of the reranker worker, started when RERANKER_MODEL is set (default 8002).")
 
-    def handle(self, *args, host, port, web_workers, ingestion_workers, **options):
+    def handle(self, *args, host, port, web_workers, ingestion_workers, generator_port, reranker_port, **options):
         call_command("migrate", interactive=False, verbosity=0)
         password = admin_ensure()
         if password:
@@ -36,9 +48,64 @@ class Command(BaseCommand):
                 f"Created administrator '{settings.ADMIN_USERNAME}' with password: {password}\n"
                 "It is shown only this once: change it in the admin, or set ADMIN_PASSWORD before the first start."
             ))
-        processes = [self._start(command) for command in self._commands(host, port, web_workers, ingestion_workers)]
-        self.stdout.write(self.style.SUCCESS(f"Admin at http://{host}:{port}/admin/  (Ctrl-C stops everything)"))
-        self._supervise(processes)
+        environment = dict(os.environ)
+        helpers = []
+        generator = self._local_generator(generator_port, environment)
+        if generator is not None:
+            helpers.append(generator.process)
+        reranker = self._reranker_worker(reranker_port, environment)
+        if reranker is not None:
+            helpers.append(reranker)
+        processes = [self._start(command, environment) for command in self._commands(host, port, web_workers, ingestion_workers)]
+        self.stdout.write(self.style.SUCCESS(
+            f"Chat at http://{host}:{port}/  ·  admin at http://{host}:{port}/admin/  ·  API docs at "
+            f"http://{host}:{port}/api/docs/  (Ctrl-C stops everything)"))
+        try:
+            self._supervise(helpers + processes)
+        finally:
+            if generator is not None:
+                generator.stop()
+
+    def _local_generator(self, port: int, environment: dict):
+        """Start vLLM on the CPU unless GENERATOR_URL names a generator; point the web server at it."""
+        if settings.GENERATOR_URL:
+            self.stdout.write(f"Generator: {settings.GENERATOR_URL}")
+            return None
+        from ragapp.answers.local_generator import LocalGeneratorError, server_start
+
+        try:
+            server = server_start(port=port, log=self.stdout.write)
+        except LocalGeneratorError as error:
+            self.stdout.write(self.style.WARNING(
+                f"No generator: {error}\nAnswers will show the best passages instead. Set GENERATOR_URL to use another server."))
+            return None
+        environment.update(GENERATOR_URL=server.url, GENERATOR_MODEL=server.model,
+                           GENERATOR_TOKENIZER=str(server.model_dir), GENERATOR_CONTEXT_TOKENS=str(server.context_tokens))
+        threading.Thread(target=self._announce_ready, args=(server,), daemon=True).start()
+        return server
+
+    def _announce_ready(self, server) -> None:
+        try:
+            server.wait_ready(timeout=600)
+            self.stdout.write(self.style.SUCCESS(f"Generator ready: {server.model} at {server.url}"))
+        except Exception as error:  # noqa: BLE001 - reported; the supervisor sees the process exit
+            self.stdout.write(self.style.ERROR(f"The local generator did not start: {error}"))
+
+    def _reranker_worker(self, port: int, environment: dict) -> subprocess.Popen | None:
+        """Start a reranker worker for RERANKER_MODEL unless RERANKER_URL names running ones."""
+        if settings.RERANKER_URLS:
+            self.stdout.write(f"Reranker workers: {', '.join(settings.RERANKER_URLS)}")
+            return None
+        model = os.environ.get("RERANKER_MODEL", "")
+        if not model:
+            self.stdout.write(self.style.WARNING(
+                "No reranker: set RERANKER_MODEL (a hub id such as BAAI/bge-reranker-base, or a folder) to start a "
+                "worker. Answers say that reranking was skipped."))
+            return None
+        environment["RERANKER_URL"] = f"http://127.0.0.1:{port}"
+        self.stdout.write(f"Reranker worker: {model} on http://127.0.0.1:{port}")
+        command = [sys.executable, "-m", "reranking.server", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
+        return self._start(command, environment)
 
     def _commands(self, host: str, port: int, web_workers: int, ingestion_workers: int) -> list[list[str]]:
         web = [sys.executable, "-m", "gunicorn", "ragapp.wsgi", "--bind", f"{host}:{port}",
@@ -47,8 +114,8 @@ class Command(BaseCommand):
         worker = [sys.executable, MANAGE_PY, "procrastinate", "worker"]
         return [web] + [worker] * ingestion_workers
 
-    def _start(self, command: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(command, cwd=settings.BASE_DIR)
+    def _start(self, command: list[str], environment: dict) -> subprocess.Popen:
+        return subprocess.Popen(command, cwd=settings.BASE_DIR, env=environment)
 
     def _supervise(self, processes: list[subprocess.Popen]) -> None:
         """Wait until a child exits or we are told to stop; then stop every child."""
