@@ -100,23 +100,24 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+_tokenizers: dict[str, object] = {}
+
+
 def token_counter():
     """Count tokens as the generator does (GENERATOR_TOKENIZER), or estimate them cautiously."""
-    return _token_counter(settings.GENERATOR_TOKENIZER)
-
-
-@functools.cache
-def _token_counter(tokenizer_name: str):
-    if tokenizer_name:
+    name = settings.GENERATOR_TOKENIZER
+    if name and name not in _tokenizers:
         try:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
-            return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+            _tokenizers[name] = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as error:
-            logger.warning("Cannot load GENERATOR_TOKENIZER %s (%s): estimating token counts instead.",
-                           tokenizer_name, error)
-    return estimated_tokens
+            # Not kept: the local generator's folder appears once its first start has prepared it.
+            logger.warning("Cannot load GENERATOR_TOKENIZER %s (%s): estimating token counts instead.", name, error)
+    tokenizer = _tokenizers.get(name)
+    if tokenizer is None:
+        return estimated_tokens
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
 def estimated_tokens(text: str) -> int:

@@ -49,47 +49,57 @@ class Command(BaseCommand):
                 "It is shown only this once: change it in the admin, or set ADMIN_PASSWORD before the first start."
             ))
         environment = dict(os.environ)
-        helpers = []
-        generator = self._local_generator(generator_port, environment)
-        if generator is not None:
-            helpers.append(generator.process)
+        processes: list[subprocess.Popen] = []
+        started_generator = self._local_generator(generator_port, environment, processes)
         reranker = self._reranker_worker(reranker_port, environment)
         if reranker is not None:
-            helpers.append(reranker)
-        processes = [self._start(command, environment) for command in self._commands(host, port, web_workers, ingestion_workers)]
+            processes.append(reranker)
+        processes += [self._start(command, environment) for command in self._commands(host, port, web_workers, ingestion_workers)]
         self.stdout.write(self.style.SUCCESS(
             f"Chat at http://{host}:{port}/  ·  admin at http://{host}:{port}/admin/  ·  API docs at "
             f"http://{host}:{port}/api/docs/  (Ctrl-C stops everything)"))
         try:
-            self._supervise(helpers + processes)
+            self._supervise(processes)
         finally:
-            if generator is not None:
-                generator.stop()
+            for server in started_generator:
+                server.stop()
 
-    def _local_generator(self, port: int, environment: dict):
-        """Start vLLM on the CPU unless GENERATOR_URL names a generator; point the web server at it."""
+    def _local_generator(self, port: int, environment: dict, processes: list) -> list:
+        """Point the web server at GENERATOR_URL, or at a local vLLM prepared and started in the background.
+
+        The first start installs vLLM (minutes): the chat and the admin are up meanwhile, and
+        answers show passages with a notice until the generator is ready. Returns a list that
+        receives the server once it has started, for stopping it at the end."""
         if settings.GENERATOR_URL:
             self.stdout.write(f"Generator: {settings.GENERATOR_URL}")
-            return None
+            return []
+        from ragapp.answers import local_generator
+
+        home = local_generator.default_home()
+        environment.update(
+            GENERATOR_URL=f"http://127.0.0.1:{port}/v1", GENERATOR_MODEL=local_generator.LOCAL_MODEL_NAME,
+            GENERATOR_TOKENIZER=str(home / local_generator.MODEL_FOLDER),
+            GENERATOR_CONTEXT_TOKENS=str(local_generator.CONTEXT_TOKENS),
+        )
+        # A 135M model on a CPU writes ~10 tokens/s and tends to ramble: keep its answers short.
+        environment.setdefault("GENERATOR_MAX_TOKENS", "200")
+        started: list = []
+        threading.Thread(target=self._generator_start, args=(port, processes, started), daemon=True).start()
+        return started
+
+    def _generator_start(self, port: int, processes: list, started: list) -> None:
         from ragapp.answers.local_generator import LocalGeneratorError, server_start
 
         try:
             server = server_start(port=port, log=self.stdout.write)
+            started.append(server)
+            processes.append(server.process)  # supervised from now on, like the others
+            server.wait_ready(timeout=600)
         except LocalGeneratorError as error:
             self.stdout.write(self.style.WARNING(
-                f"No generator: {error}\nAnswers will show the best passages instead. Set GENERATOR_URL to use another server."))
-            return None
-        environment.update(GENERATOR_URL=server.url, GENERATOR_MODEL=server.model,
-                           GENERATOR_TOKENIZER=str(server.model_dir), GENERATOR_CONTEXT_TOKENS=str(server.context_tokens))
-        threading.Thread(target=self._announce_ready, args=(server,), daemon=True).start()
-        return server
-
-    def _announce_ready(self, server) -> None:
-        try:
-            server.wait_ready(timeout=600)
-            self.stdout.write(self.style.SUCCESS(f"Generator ready: {server.model} at {server.url}"))
-        except Exception as error:  # noqa: BLE001 - reported; the supervisor sees the process exit
-            self.stdout.write(self.style.ERROR(f"The local generator did not start: {error}"))
+                f"No generator: {error}\nAnswers show the best passages instead. Set GENERATOR_URL to use another server."))
+            return
+        self.stdout.write(self.style.SUCCESS(f"Generator ready: {server.model} at {server.url}"))
 
     def _reranker_worker(self, port: int, environment: dict) -> subprocess.Popen | None:
         """Start a reranker worker for RERANKER_MODEL unless RERANKER_URL names running ones."""
