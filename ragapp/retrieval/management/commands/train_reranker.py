@@ -18,14 +18,21 @@ class Command(BaseCommand):
         "the qrels do not judge relevant) and the relevant documents' chunks the positives. The groups are "
         "written to OUTPUT-groups.jsonl beside the model folder, then reranking.train fine-tunes the model "
         "and saves it to OUTPUT. Hold queries out for evaluation with --holdout-fraction (or give the "
-        "training ids with --queries), then run `evaluate --queries HELDOUT_FILE` on the others."
+        "training ids with --queries), then run `evaluate --queries HELDOUT_FILE` on the others. "
+        "With --from-feedback the groups come from users' feedback instead: answers rated up, their cited "
+        "passages as positives."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--dataset", required=True, type=Path,
-                            help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv.")
-        parser.add_argument("--split", required=True,
-                            help="Judgements to train on: qrels/SPLIT.tsv (e.g. train).")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--dataset", type=Path,
+                            help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv (with --split).")
+        source.add_argument("--from-feedback", action="store_true",
+                            help="Train on users' feedback instead: each answer rated up gives its question, the passages "
+                                 "it cited as positives, and hard negatives from hybrid retrieval (--collection limits it).")
+        parser.add_argument("--split", help="With --dataset: the judgements to train on, qrels/SPLIT.tsv (e.g. train).")
+        parser.add_argument("--collection", metavar="NAME",
+                            help="With --from-feedback: only the feedback on answers from this collection (name or slug).")
         parser.add_argument("--output", required=True, type=Path, metavar="DIR",
                             help="Folder for the trained model (loadable by sentence_transformers.CrossEncoder).")
         chosen = parser.add_mutually_exclusive_group()
@@ -48,15 +55,20 @@ class Command(BaseCommand):
         train.add_training_arguments(parser)
 
     def handle(self, *args, dataset, split, output, queries_path, holdout_fraction, split_seed, splits_dir,
-               depth, language, **options):
+               depth, language, from_feedback, collection, **options):
         started = time.perf_counter()
-        if not dataset.is_dir():
+        if dataset is not None and not dataset.is_dir():
             raise CommandError(f"{dataset} is not a folder. Point --dataset at a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
+        if dataset is not None and not split:
+            raise CommandError("--dataset needs --split (the qrels file to train on, e.g. train).")
         try:
-            data = self._training_queries(dataset, split, queries_path, holdout_fraction, split_seed,
-                                          splits_dir or output.resolve().parent)
-            load = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus)
-            mined = training_data.training_groups_mine(dataset=data, collection=load.collection, depth=depth)
+            if from_feedback:
+                mined = self._feedback_groups(collection, depth)
+            else:
+                data = self._training_queries(dataset, split, queries_path, holdout_fraction, split_seed,
+                                              splits_dir or output.resolve().parent)
+                load = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus)
+                mined = training_data.training_groups_mine(dataset=data, collection=load.collection, depth=depth)
             groups_path = self._groups_write(mined, output)
             result = train.cross_encoder_train(
                 groups=[group.group for group in mined.groups], output=output,
@@ -67,6 +79,22 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         self.stdout.write(train.training_summary(result))
         self.stdout.write(self._verdict(result, time.perf_counter() - started, groups_path))
+
+    def _feedback_groups(self, collection_name: str | None, depth: int) -> training_data.MiningResult:
+        from ragapp.answers.feedback import feedback_groups_mine
+        from ragapp.documents.models import Collection
+
+        collection = None
+        if collection_name:
+            collection = (Collection.objects.filter(slug=collection_name).first()
+                          or Collection.objects.filter(name=collection_name).first())
+            if collection is None:
+                raise CommandError(f"No collection named {collection_name!r}.")
+        mined = feedback_groups_mine(collection=collection, depth=depth)
+        if not mined.groups:
+            raise CommandError("No answer rated up that cites a passage yet: nothing to train on. "
+                               "Users rate answers with the thumbs in the chat (or POST /api/v1/messages/ID/feedback/).")
+        return mined
 
     def _training_queries(self, dataset, split, queries_path, holdout_fraction, split_seed, splits_dir) -> evaluation.BeirDataset:
         """Read the dataset restricted to the training queries (writing the split files when asked)."""
