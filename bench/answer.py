@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from common import REPO_ROOT, django_setup, results_write
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
     summary = summarise(results)
     path = results_write("answer", parameters={**vars(options), "dataset": str(options.dataset)}, figures={
         "generator": {"url": settings.GENERATOR_URL, "model": settings.GENERATOR_MODEL},
-        "peer": "the same prompt sent straight to the same generator with the openai client (streamed)",
+        "peer": "the same prompt sent straight to the same generator with the openai client (streamed; a unique first line defeats the prefix cache)",
         "summary": summary, "questions": results})
     print(json.dumps(summary, indent=2))
     print(f"Wrote {path}")
@@ -159,8 +160,12 @@ def last_prompt(message_id: int) -> list[dict]:
 
 
 def bare_generation(messages: list[dict]) -> dict:
+    """The generator alone on the same prompt. A unique first line keeps vLLM's prefix cache from
+    serving the prompt the pipeline just sent (it would skip the prefill the pipeline paid for)."""
     from ragapp.answers import generator
 
+    system = {**messages[0], "content": f"[{uuid.uuid4()}]\n{messages[0]['content']}"}
+    messages = [system, *messages[1:]]
     started, first = time.perf_counter(), None
     for _ in generator.chat_stream(messages=messages):
         first = first if first is not None else time.perf_counter() - started

@@ -146,11 +146,24 @@ def server_command(*, python: Path, model_dir: Path, host: str, port: int) -> li
         "--served-model-name", LOCAL_MODEL_NAME,
         "--host", host,
         "--port", str(port),
-        "--dtype", "bfloat16",
+        "--dtype", cpu_dtype(),
         "--max-model-len", str(CONTEXT_TOKENS),
         # Without it, start-up compiles for ~3 minutes instead of ~40 s, for little speed on a CPU.
         "--enforce-eager",
     ]
+
+
+def cpu_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), else float32.
+
+    Without those instructions bf16 is emulated: on this project's 2-core machine a 1,000-token
+    prompt took 39-40 s to the first token in bf16 against 7-8 s in fp32 (decoding ~10 tokens/s in both).
+    """
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def server_environment() -> dict[str, str]:

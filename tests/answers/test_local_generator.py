@@ -17,6 +17,7 @@ from ragapp.answers.local_generator import (
     LOCAL_MODEL_NAME,
     LocalGeneratorError,
     LocalServer,
+    cpu_dtype,
     default_home,
     environment_ensure,
     model_ensure,
@@ -60,7 +61,7 @@ def test_server_command_runs_the_openai_api_server_module_with_the_cpu_flags(tmp
     assert command[:3] == [str(tmp_path / "python"), "-m", "vllm.entrypoints.openai.api_server"]
     text = " ".join(command)
     for expected in (f"--model {tmp_path / 'model'}", f"--served-model-name {LOCAL_MODEL_NAME}",
-                     "--host 127.0.0.1", "--port 8123", "--dtype bfloat16", "--max-model-len 2048", "--enforce-eager"):
+                     "--host 127.0.0.1", "--port 8123", f"--dtype {cpu_dtype()}", "--max-model-len 2048", "--enforce-eager"):
         assert expected in text
 
 
@@ -162,3 +163,11 @@ def test_local_vllm_serves_chat_completions_through_the_openai_client(local_vllm
     pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
     assert len(pieces) >= 3
     assert "".join(pieces).strip()
+
+
+def test_bf16_only_where_the_cpu_computes_it_natively(tmp_path):
+    plain, native = tmp_path / "plain", tmp_path / "native"
+    plain.write_text("flags\t: fpu sse2 avx2 fma\n")
+    native.write_text("flags\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_dtype(plain) == "float32" and cpu_dtype(native) == "bfloat16"
+    assert cpu_dtype(tmp_path / "missing") == "float32"
