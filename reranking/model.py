@@ -334,8 +334,16 @@ class CrossEncoderScorer:
     def score_encoded(self, encoded: Sequence[EncodedPair], *, normalize: bool = True) -> np.ndarray:
         """Score tokenized pairs in length-sorted, token-budget micro-batches; keep the given order."""
         raw = np.empty(len(encoded), dtype=np.float32)
-        for batch in plan_batches([len(pair) for pair in encoded], self.token_budget):
-            raw[batch] = self.forward(self.collate([encoded[index] for index in batch]))
+        batches = plan_batches([len(pair) for pair in encoded], self.token_budget)
+        if self.device.type == "cuda":
+            # Launch every batch before reading any result back: the GPU runs one batch while
+            # the CPU pads the next, instead of waiting for each batch's copy to the host.
+            launched = [(batch, self._model_logits(*self.collate([encoded[i] for i in batch]))) for batch in batches]
+            for batch, logits in launched:
+                raw[batch] = self._head_scores(logits.float().cpu().numpy())
+        else:
+            for batch in batches:
+                raw[batch] = self.forward(self.collate([encoded[index] for index in batch]))
         return sigmoid(raw) if normalize else raw
 
     def forward(self, inputs: ModelInputs) -> np.ndarray:
@@ -345,6 +353,10 @@ class CrossEncoderScorer:
             logits = self._run_model(*inputs)
         else:
             logits = np.concatenate(list(self._slices.map(lambda part: self._run_model(*part), slices)))
+        return self._head_scores(logits)
+
+    def _head_scores(self, logits: np.ndarray) -> np.ndarray:
+        """One raw score per row: the logit, or the difference of a two-logit head's logits."""
         if self.num_labels == 2:
             return (logits[:, 1] - logits[:, 0]).astype(np.float32)
         return logits[:, 0].astype(np.float32)
@@ -381,8 +393,13 @@ class CrossEncoderScorer:
                 token_type_ids[row, :length] = pair.token_type_ids
         return ModelInputs(input_ids, attention_mask, token_type_ids)
 
-    @torch.inference_mode()
     def _run_model(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None):
+        return self._model_logits(input_ids, attention_mask, token_type_ids).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def _model_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                      token_type_ids: np.ndarray | None) -> torch.Tensor:
+        """The model's logits for one padded batch, left on the device (on CUDA: not yet computed)."""
         non_blocking = self.device.type == "cuda"
         inputs = {"input_ids": _to_device(input_ids, self.device, non_blocking)}
         # Without padding the mask is all ones: leaving it out lets SDPA take its unmasked
@@ -391,8 +408,7 @@ class CrossEncoderScorer:
             inputs["attention_mask"] = _to_device(attention_mask, self.device, non_blocking)
         if token_type_ids is not None:
             inputs["token_type_ids"] = _to_device(token_type_ids, self.device, non_blocking)
-        logits = self.model(**inputs).logits
-        return logits.float().cpu().numpy()
+        return self.model(**inputs).logits
 
 
 def _is_head(module_name: str) -> bool:
