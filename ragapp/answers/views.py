@@ -3,13 +3,14 @@
 import json
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
 from ragapp.answers.models import Conversation, Feedback, Message
 from ragapp.answers.rendering import answer_html
 from ragapp.answers.services import AnswerError, collection_for_reader, conversation_for_user, question_answer_stream
+from ragapp.core.streaming import unbuffered_stream
 from ragapp.retrieval.selectors import readable_collections
 
 MAX_QUESTION_CHARACTERS = 4000
@@ -64,10 +65,7 @@ def ask(request):
         first = next(events)
     except AnswerError as error:
         return JsonResponse({"error": str(error)}, status=error.status)
-    response = StreamingHttpResponse(_lines(first, events), content_type="application/x-ndjson; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return unbuffered_stream(_lines(first, events), "application/x-ndjson; charset=utf-8")
 
 
 def _lines(first: dict, events):

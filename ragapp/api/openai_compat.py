@@ -9,7 +9,6 @@ chunk of a stream. Errors use OpenAI's shape, {"error": {"message", "type", "cod
 import json
 import time
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import api_view
@@ -17,6 +16,7 @@ from rest_framework.response import Response
 
 from ragapp.answers.services import AnswerError, collection_for_reader, fallback_text, question_answer_stream
 from ragapp.api.views import primed
+from ragapp.core.streaming import unbuffered_stream
 from ragapp.retrieval.selectors import readable_collections
 
 
@@ -80,7 +80,7 @@ def chat_completions(request):
     })
 
 
-def _stream(events, completion_id: str, created: int, model: str) -> StreamingHttpResponse:
+def _stream(events, completion_id: str, created: int, model: str):
     def chunk(delta: dict, finish_reason=None, **extra) -> str:
         body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
@@ -97,10 +97,7 @@ def _stream(events, completion_id: str, created: int, model: str) -> StreamingHt
                 yield chunk({}, "stop", citations=event["citations"], rag=_rag_fields(event))
         yield "data: [DONE]\n\n"
 
-    response = StreamingHttpResponse(encode(), content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return unbuffered_stream(encode(), "text/event-stream; charset=utf-8")
 
 
 def _rag_fields(done: dict) -> dict:

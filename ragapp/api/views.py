@@ -5,7 +5,6 @@ import json
 from collections.abc import Iterator
 
 from django.db.models import Count
-from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action, api_view
@@ -21,6 +20,7 @@ from ragapp.answers.services import (
     question_answer_stream,
 )
 from ragapp.api import serializers
+from ragapp.core.streaming import unbuffered_stream
 from ragapp.documents.models import Collection, Document
 from ragapp.documents.services import collection_create, document_create, document_delete
 from ragapp.retrieval.selectors import readable_collections
@@ -32,15 +32,12 @@ def primed(events: Iterator[dict]) -> Iterator[dict]:
     return itertools.chain([first], events)
 
 
-def server_sent_events(events: Iterator[dict]) -> StreamingHttpResponse:
+def server_sent_events(events: Iterator[dict]):
     def encode():
         for event in events:
             yield f"event: {event['event']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
 
-    response = StreamingHttpResponse(encode(), content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # a proxy in front must not hold the tokens back
-    return response
+    return unbuffered_stream(encode(), "text/event-stream; charset=utf-8")
 
 
 def ask_target(user, data: dict) -> dict:
