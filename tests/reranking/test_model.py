@@ -178,3 +178,17 @@ def test_cuda_defaults_to_bfloat16_sdpa_and_ranks_like_float32(tmp_path, pairs):
     assert (gpu.device.type, gpu.dtype, gpu.token_budget) == ("cuda", torch.bfloat16, 16384)
     assert gpu.model.config._attn_implementation == "sdpa"
     assert np.corrcoef(exact, scores)[0, 1] > 0.99
+
+
+def test_warm_up_runs_every_padded_width_and_leaves_scores_unchanged(tmp_path):
+    path = build_preset_cross_encoder(tmp_path / "warm", "tiny")
+    scorer = CrossEncoderScorer(str(path), device="cpu", max_length=64, token_budget=256)
+    pairs = [("a question", "a passage about things"), ("a question", "another passage")]
+    before = scorer.predict(pairs)
+    widths = []
+    original = scorer._model_logits
+    scorer._model_logits = lambda ids, mask, types: widths.append(ids.shape) or original(ids, mask, types)
+    scorer.warm_up()
+    assert sorted({width for _, width in widths}) == list(range(1, 65))  # pad multiple 1 on a CPU
+    assert (256 // 8, 8) in widths and (1, 64) in widths
+    np.testing.assert_array_equal(scorer.predict(pairs), before)
