@@ -123,9 +123,14 @@ def question_answer_stream(*, user, question: str, collection: Collection | None
         prompt = answer_prompt(question=standalone, passages=passages, count_tokens=generator.token_counter(),
                                context_tokens=settings.GENERATOR_CONTEXT_TOKENS, answer_tokens=settings.GENERATOR_MAX_TOKENS)
         run.lap("prompt", since)
-        for text in _generate(prompt.messages, run):
-            answer_parts.append(text)
-            yield {"event": "token", "text": text}
+        try:
+            for text in _generate(prompt.messages, run):
+                answer_parts.append(text)
+                yield {"event": "token", "text": text}
+        except GeneratorExit:  # the reader went away: keep what was written, say it was cut short
+            run.notices.append("The answer was interrupted before it finished.")
+            _answer_store(conversation, "".join(answer_parts), standalone, reranked, ranked, prompt, run)
+            raise
     else:
         run.notices.append(f"Nothing in {collection.name} matches the question.")
     message = _answer_store(conversation, "".join(answer_parts), standalone, reranked, ranked, prompt, run)

@@ -210,3 +210,14 @@ def test_another_users_conversation_cannot_be_continued(settings, collection, po
     with pytest.raises(AnswerError, match="No conversation"):
         conversation_for_user(user=other, conversation_id=first.conversation_id)
 
+
+
+def test_an_answer_cut_short_by_a_reader_who_leaves_is_kept_with_a_notice(settings, collection, policies, reader, no_reranker):
+    with answer_with(settings, lambda messages: "Taxi rides need a receipt from the driver [1]."):
+        events = question_answer_stream(user=reader, question="taxi receipt", collection=collection)
+        while next(events)["event"] != "token":
+            pass
+        events.close()  # what Django does when the client disconnects mid-stream
+    answer = Message.objects.get(role=Message.Role.ASSISTANT)
+    assert answer.content == "Taxi " and "interrupted" in answer.notice
+    assert answer.citations.count() == 3
