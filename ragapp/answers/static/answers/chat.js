@@ -104,10 +104,10 @@
     if (!item.dataset.message) return;
     const rating = item.querySelector(".rating-data");
     const current = rating ? Number(rating.textContent) : 0;
-    for (const [value, label, symbol] of [["up", "Helpful", "👍"], ["down", "Not helpful", "👎"]]) {
-      const button = element("button", "rate rate-" + value, symbol);
+    // Words, not emoji: a machine without an emoji font shows empty boxes.
+    for (const [value, label] of [["up", "Helpful"], ["down", "Not helpful"]]) {
+      const button = element("button", "rate rate-" + value, label);
       button.type = "button";
-      button.setAttribute("aria-label", label);
       button.setAttribute("aria-pressed", String((value === "up" && current > 0) || (value === "down" && current < 0)));
       button.addEventListener("click", () => rate(item, value));
       actions.append(button);
@@ -181,7 +181,7 @@
       if (event.event === "start") {
         if (!conversation) {
           conversation = String(event.conversation);
-          history.replaceState(null, "", "/chat/" + conversation);
+          window.history.replaceState(null, "", "/chat/" + conversation);
         }
       } else if (event.event === "passages") {
         text.querySelector(".thinking") && (text.querySelector(".thinking").textContent = "Writing the answer…");
@@ -230,6 +230,9 @@
     wireAnswer(item, data ? JSON.parse(data.textContent) : [], question);
   });
   document.getElementById("panel-close").addEventListener("click", () => { panel.hidden = true; });
+  // The conversation list starts open beside the chat, folded on a phone (where it sits above it).
+  const conversationList = document.getElementById("history");
+  if (conversationList && window.matchMedia("(min-width: 900px)").matches) conversationList.open = true;
   if (form) {
     const input = document.getElementById("question");
     const button = document.getElementById("ask-button");
