@@ -90,21 +90,27 @@ def prepare(groups: Path, python_version: str) -> None:
 
 def server_packages_ready() -> str:
     """Install the worker's wheels when they are missing; return '' or why the HTTP part is skipped."""
-    try:
-        import fastapi, httpx, prometheus_client, uvicorn  # noqa: F401, E401
+    if not missing_server_package():
         return ""
-    except ImportError:
-        pass
     wheels = GPU_DIR / "wheels"
     if not any(wheels.glob("*.whl")):
         return "fastapi, uvicorn, httpx or prometheus-client missing and no wheels in .data/gpu/wheels"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
                     *SERVER_WHEELS], check=False)
+    missing = missing_server_package()
+    return f"installing the wheels did not work: {missing}" if missing else ""
+
+
+def missing_server_package() -> str:
+    """'' when the worker's packages import, else the import error."""
+    import importlib
+
     try:
-        import fastapi, httpx, prometheus_client, uvicorn  # noqa: F401, E401
-        return ""
+        for name in ("fastapi", "httpx", "prometheus_client", "uvicorn"):
+            importlib.import_module(name)
     except ImportError as error:
-        return f"installing the wheels did not work: {error}"
+        return str(error)
+    return ""
 
 
 def speed(options) -> dict:

@@ -370,7 +370,8 @@ class CrossEncoderScorer:
                 token_type_ids = np.zeros_like(input_ids) if self.uses_token_types else None
                 for padded in (False, True):
                     mask = np.ones_like(input_ids)
-                    mask[:, -1] = 0 if padded and width > 1 else 1
+                    if padded and width > 1:
+                        mask[:, -1] = 0
                     self._model_logits(input_ids, mask, token_type_ids)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 
 from ragapp.answers import generator
-from ragapp.answers.models import Citation, Conversation, Message
+from ragapp.answers.models import Citation, Conversation, Feedback, Message
 from ragapp.answers.prompt import Passage, answer_prompt, citations_check, rewrite_prompt, rewritten_question
 from ragapp.documents.models import Collection
 from ragapp.retrieval.rerank_client import RankedCandidate, candidates_rerank
@@ -42,27 +42,51 @@ class CollectionNotFound(AnswerError):
     status = 404
 
 
-def collection_for_reader(*, user, collection_id=None, name: str | None = None) -> Collection:
-    """The collection by id, slug or name, if `user` may read it (else not found: no hint it exists)."""
+def collection_for_reader(*, user, reference=None) -> Collection:
+    """The collection an id, slug or name refers to, if `user` may read it (else not found: no hint it
+    exists). Without a reference: the user's only readable collection."""
     readable = readable_collections(user)
-    if collection_id is not None:
-        match = readable.filter(pk=collection_id).first() if str(collection_id).isdigit() else None
-    elif name:
-        match = readable.filter(slug=name).first() or readable.filter(name=name).first()
-    else:
-        match = readable.first() if readable.count() == 1 else None
-        if match is None:
+    if reference in (None, ""):
+        if readable.count() != 1:
             raise AnswerError("Choose a collection: you may read several (or none).")
+        return readable.get()
+    reference = str(reference)
+    match = ((readable.filter(pk=reference).first() if reference.isdigit() else None)
+             or readable.filter(slug=reference).first() or readable.filter(name=reference).first())
     if match is None:
-        raise CollectionNotFound(f"No collection {collection_id or name!r} that you may read.")
+        raise CollectionNotFound(f"No collection {reference!r} that you may read.")
     return match
 
 
 def conversation_for_user(*, user, conversation_id) -> Conversation:
-    conversation = Conversation.objects.filter(pk=conversation_id, user=user).select_related("collection").first()
+    conversation = None
+    if str(conversation_id).isdigit():
+        conversation = Conversation.objects.filter(pk=conversation_id, user=user).select_related("collection").first()
     if conversation is None:
         raise CollectionNotFound(f"No conversation {conversation_id} of yours.")
     return conversation
+
+
+def ask_target(*, user, collection=None, conversation=None) -> dict:
+    """What an ask names, as keyword arguments of `question_answer_stream`: a conversation (its id) to
+    continue, else a collection (id, slug or name)."""
+    if conversation not in (None, ""):
+        return {"conversation": conversation_for_user(user=user, conversation_id=conversation)}
+    return {"collection": collection_for_reader(user=user, reference=collection)}
+
+
+FEEDBACK_RATINGS = {"up": Feedback.Rating.UP, "1": Feedback.Rating.UP, "down": Feedback.Rating.DOWN, "-1": Feedback.Rating.DOWN}
+
+
+def feedback_record(*, message: Message, user, rating, comment: str = "") -> Feedback:
+    """Store `user`'s rating of an answer ('up' or 'down'; 1 and -1 too), replacing an earlier one."""
+    value = FEEDBACK_RATINGS.get(str(rating).strip().lower())
+    if value is None:
+        raise AnswerError("Rate the answer 'up' or 'down'.")
+    feedback, _ = Feedback.objects.update_or_create(
+        message=message, user=user, defaults={"rating": value, "comment": (comment or "").strip()[:4000]},
+    )
+    return feedback
 
 
 @dataclass
@@ -72,6 +96,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     timings: dict = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    no_answer_explained: bool = False  # a notice already says why there is no generated text
 
     def lap(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -133,8 +158,21 @@ def question_answer_stream(*, user, question: str, collection: Collection | None
             raise
     else:
         run.notices.append(f"Nothing in {collection.name} matches the question.")
+        run.no_answer_explained = True
     message = _answer_store(conversation, "".join(answer_parts), standalone, reranked, ranked, prompt, run)
     yield _done_event(message)
+
+
+def primed(events: Iterator[dict]) -> Iterator[dict]:
+    """Run an event stream to its first event now, so bad input fails before a response starts
+    streaming; closing the result closes `events` (a reader who leaves still ends the answer)."""
+    first = next(events)
+
+    def replay():
+        yield first
+        yield from events
+
+    return replay()
 
 
 def passages_search(*, user, query: str, collection: Collection, top_n: int | None = None) -> dict:
@@ -200,6 +238,7 @@ def _generate(messages: list[dict], run: _Run) -> Iterator[str]:
             yield text
     except generator.GeneratorUnavailable as error:
         run.notices.append(f"No answer was generated: {error} The most relevant passages are shown instead.")
+        run.no_answer_explained = True
     run.lap("generate", since)
 
 
@@ -220,10 +259,10 @@ def _answer_store(conversation: Conversation, answer: str, standalone: str, rera
                   ranked: list[RankedCandidate], prompt, run: _Run) -> Message:
     sent = prompt.passages if prompt else []
     generated = bool(answer.strip())
-    cited, invalid = citations_check(answer, passage_count=len(sent)) if generated else ([], [])
+    cited = citations_check(answer, passage_count=len(sent))[0] if generated else []
     if prompt and prompt.dropped:
         run.notices.append(f"{prompt.dropped} lower-ranked passage(s) did not fit the generator's context and were left out.")
-    if not generated and not any(n.startswith("No answer") or n.startswith("Nothing") for n in run.notices):
+    if not generated and not run.no_answer_explained:
         run.notices.append("The generator returned no text. The most relevant passages are shown instead.")
     run.timings["total"] = round(time.perf_counter() - run.started, 4)
     message = Message.objects.create(
@@ -233,19 +272,19 @@ def _answer_store(conversation: Conversation, answer: str, standalone: str, rera
     # Every passage shown is stored: those sent (numbered as in the prompt), then any left out.
     shown = {passage.number: passage for passage in sent}
     Citation.objects.bulk_create([
-        _citation(message, number, item, shown.get(number), cited) for number, item in enumerate(ranked, 1)
+        _citation(message, item, shown.get(number) or _passage(number, item), sent=number in shown, cited=number in cited)
+        for number, item in enumerate(ranked, 1)
     ])
     conversation.save(update_fields=["updated_at"])
     return message
 
 
-def _citation(message: Message, number: int, item: RankedCandidate, sent: Passage | None, cited: list[int]) -> Citation:
+def _citation(message: Message, item: RankedCandidate, passage: Passage, *, sent: bool, cited: bool) -> Citation:
     chunk = item.candidate.chunk
     return Citation(
-        message=message, number=number, chunk_id=chunk.pk, document_id=chunk.document.pk,
-        document_title=chunk.document.title or chunk.document.original_filename, page=chunk.page,
-        text=sent.text if sent else chunk.text, score=item.score, rerank_score=item.rerank_score,
-        sent=sent is not None, cited=number in cited,
+        message=message, number=passage.number, chunk_id=chunk.pk, document_id=chunk.document.pk,
+        document_title=passage.title, page=passage.page, text=passage.text, score=item.score,
+        rerank_score=item.rerank_score, sent=sent, cited=cited,
     )
 
 

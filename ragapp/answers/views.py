@@ -7,9 +7,16 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
-from ragapp.answers.models import Conversation, Feedback, Message
+from ragapp.answers.models import Conversation, Message
 from ragapp.answers.rendering import answer_html
-from ragapp.answers.services import AnswerError, collection_for_reader, conversation_for_user, question_answer_stream
+from ragapp.answers.services import (
+    AnswerError,
+    ask_target,
+    citation_json,
+    feedback_record,
+    primed,
+    question_answer_stream,
+)
 from ragapp.core.streaming import unbuffered_stream
 from ragapp.retrieval.selectors import readable_collections
 
@@ -40,15 +47,10 @@ def _turns(conversation: Conversation) -> list[dict]:
         turns.append({
             "message": message,
             "html": answer_html(message.content, sent=sent) if message.role == Message.Role.ASSISTANT else "",
-            "citations": [_citation_panel(c) for c in citations],
+            "citations": [citation_json(citation) for citation in citations],
             "rating": next((f.rating for f in message.feedback.all() if f.user_id == conversation.user_id), 0),
         })
     return turns
-
-
-def _citation_panel(citation) -> dict:
-    return {"number": citation.number, "title": citation.document_title, "page": citation.page, "text": citation.text,
-            "document": citation.document_id, "sent": citation.sent, "cited": citation.cited}
 
 
 @require_POST
@@ -57,19 +59,15 @@ def ask(request):
     """Stream the answer as newline-delimited JSON events (see answers.services)."""
     question = request.POST.get("question", "").strip()[:MAX_QUESTION_CHARACTERS]
     try:
-        if request.POST.get("conversation"):
-            target = {"conversation": conversation_for_user(user=request.user, conversation_id=request.POST["conversation"])}
-        else:
-            target = {"collection": collection_for_reader(user=request.user, collection_id=request.POST.get("collection"))}
-        events = question_answer_stream(user=request.user, question=question, **target)
-        first = next(events)
+        target = ask_target(user=request.user, collection=request.POST.get("collection"),
+                            conversation=request.POST.get("conversation"))
+        events = primed(question_answer_stream(user=request.user, question=question, **target))
     except AnswerError as error:
         return JsonResponse({"error": str(error)}, status=error.status)
-    return unbuffered_stream(_lines(first, events), "application/x-ndjson; charset=utf-8")
+    return unbuffered_stream(_lines(events), "application/x-ndjson; charset=utf-8")
 
 
-def _lines(first: dict, events):
-    yield json.dumps(first) + "\n"
+def _lines(events):
     for event in events:
         if event["event"] == "done":
             sent = sum(citation["sent"] for citation in event["citations"])
@@ -83,9 +81,9 @@ def feedback(request, message_id: int):
     message = Message.objects.filter(pk=message_id, conversation__user=request.user, role=Message.Role.ASSISTANT).first()
     if message is None:
         raise Http404("No such answer of yours.")
-    rating = {"up": Feedback.Rating.UP, "down": Feedback.Rating.DOWN}.get(request.POST.get("rating", ""))
-    if rating is None:
-        return JsonResponse({"error": "Rate the answer 'up' or 'down'."}, status=400)
-    comment = request.POST.get("comment", "").strip()[:4000]
-    Feedback.objects.update_or_create(message=message, user=request.user, defaults={"rating": rating, "comment": comment})
-    return JsonResponse({"rating": "up" if rating > 0 else "down", "comment": comment})
+    try:
+        recorded = feedback_record(message=message, user=request.user, rating=request.POST.get("rating", ""),
+                                   comment=request.POST.get("comment", ""))
+    except AnswerError as error:
+        return JsonResponse({"error": str(error)}, status=error.status)
+    return JsonResponse({"rating": "up" if recorded.rating > 0 else "down", "comment": recorded.comment})

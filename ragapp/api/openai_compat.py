@@ -14,8 +14,7 @@ from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from ragapp.answers.services import AnswerError, collection_for_reader, fallback_text, question_answer_stream
-from ragapp.api.views import primed
+from ragapp.answers.services import AnswerError, collection_for_reader, fallback_text, primed, question_answer_stream
 from ragapp.core.streaming import unbuffered_stream
 from ragapp.retrieval.selectors import readable_collections
 
@@ -63,7 +62,7 @@ def chat_completions(request):
     if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
         return openai_error("The last message must be the user's question, with text.", status=400)
     try:
-        collection = collection_for_reader(user=request.user, name=data["model"])
+        collection = collection_for_reader(user=request.user, reference=data["model"])
         events = primed(question_answer_stream(user=request.user, question=turns[-1][1], collection=collection,
                                                history=turns[:-1]))
     except AnswerError as error:

@@ -115,12 +115,6 @@ class FeedbackSerializer(serializers.ModelSerializer):
         fields = ["id", "rating", "comment", "created_at"]
         read_only_fields = ["created_at"]
 
-    def validate_rating(self, value: str) -> int:
-        ratings = {"up": Feedback.Rating.UP, "1": Feedback.Rating.UP, "down": Feedback.Rating.DOWN, "-1": Feedback.Rating.DOWN}
-        if str(value).strip().lower() not in ratings:
-            raise serializers.ValidationError("Rate the answer 'up' or 'down'.")
-        return ratings[str(value).strip().lower()]
-
     def to_representation(self, instance):
         data = super().to_representation(instance)
         data["rating"] = "up" if instance.rating > 0 else "down"

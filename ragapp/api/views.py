@@ -1,6 +1,5 @@
 """REST API views: thin wrappers that validate, call the services and shape the answers."""
 
-import itertools
 import json
 from collections.abc import Iterator
 
@@ -12,11 +11,13 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from ragapp.answers.models import Conversation, Feedback, Message
+from ragapp.answers.models import Conversation, Message
 from ragapp.answers.services import (
+    ask_target,
     collection_for_reader,
-    conversation_for_user,
+    feedback_record,
     passages_search,
+    primed,
     question_answer_stream,
 )
 from ragapp.api import serializers
@@ -24,12 +25,6 @@ from ragapp.core.streaming import unbuffered_stream
 from ragapp.documents.models import Collection, Document
 from ragapp.documents.services import collection_create, document_create, document_delete
 from ragapp.retrieval.selectors import readable_collections
-
-
-def primed(events: Iterator[dict]) -> Iterator[dict]:
-    """Run the stream to its first event now, so bad input fails as an HTTP error, not mid-stream."""
-    first = next(events)
-    return itertools.chain([first], events)
 
 
 def server_sent_events(events: Iterator[dict]):
@@ -40,16 +35,6 @@ def server_sent_events(events: Iterator[dict]):
     return unbuffered_stream(encode(), "text/event-stream; charset=utf-8")
 
 
-def ask_target(user, data: dict) -> dict:
-    """The collection or conversation an ask names, as keyword arguments of the answer service."""
-    if data.get("conversation") is not None:
-        return {"conversation": conversation_for_user(user=user, conversation_id=data["conversation"])}
-    name = data.get("collection")
-    if name is not None and str(name).isdigit():
-        return {"collection": collection_for_reader(user=user, collection_id=name)}
-    return {"collection": collection_for_reader(user=user, name=name)}
-
-
 @extend_schema(request=serializers.AskRequest, responses={200: serializers.AnswerSerializer},
                description="Answer a question from a collection's documents, with citations and per-stage timings. "
                            "With stream=true the answer comes as server-sent events: start, passages, token (many), done.")
@@ -58,7 +43,8 @@ def ask(request):
     request_data = serializers.AskRequest(data=request.data)
     request_data.is_valid(raise_exception=True)
     data = request_data.validated_data
-    events = primed(question_answer_stream(user=request.user, question=data["question"], **ask_target(request.user, data)))
+    target = ask_target(user=request.user, collection=data.get("collection"), conversation=data.get("conversation"))
+    events = primed(question_answer_stream(user=request.user, question=data["question"], **target))
     if data["stream"]:
         return server_sent_events(events)
     start = next(events)
@@ -73,7 +59,7 @@ def search(request):
     request_data = serializers.SearchRequest(data=request.data)
     request_data.is_valid(raise_exception=True)
     data = request_data.validated_data
-    collection = ask_target(request.user, {"collection": data["collection"]})["collection"]
+    collection = collection_for_reader(user=request.user, reference=data["collection"])
     return Response(passages_search(user=request.user, query=data["query"], collection=collection, top_n=data.get("top_n")))
 
 
@@ -163,9 +149,7 @@ class MessageViewSet(viewsets.GenericViewSet):
         message = self.get_object()
         serializer = serializers.FeedbackSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        feedback, _ = Feedback.objects.update_or_create(
-            message=message, user=request.user,
-            defaults={"rating": serializer.validated_data["rating"], "comment": serializer.validated_data.get("comment", "")},
-        )
+        feedback = feedback_record(message=message, user=request.user, rating=serializer.validated_data["rating"],
+                                   comment=serializer.validated_data.get("comment", ""))
         return Response(serializers.FeedbackSerializer(feedback).data)
 
