@@ -109,7 +109,7 @@ def in_process_contenders(path: str, device: str) -> dict:
         contenders["int8"] = lambda pairs: int8.predict(pairs)
     labels = {"peer": PEER, "exact": f"CrossEncoderScorer {exact.dtype} on {device}"}
     if "int8" in contenders:
-        labels["int8"] = "CrossEncoderScorer int8 dynamic quantization on cpu"
+        labels["int8"] = "CrossEncoderScorer int8 (per-channel weights, per-token inputs) on cpu"
     # torch's intra-op threads are process-wide and our CPU path sets them to 1 (it runs its own
     # threads): give the peer torch's default back before each of its calls.
     default_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -25,6 +25,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from reranking.quantization import quantize_linears
+
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("torch", "int8")
@@ -167,8 +169,8 @@ class CrossEncoderScorer:
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``; default CUDA when available.
         dtype: ``"bfloat16"`` (default on GPU), ``"float16"`` or ``"float32"`` (default and only
             choice on CPU for the exact path).
-        backend: ``"torch"`` (exact) or ``"int8"`` (CPU only: the encoder's Linear layers
-            dynamically quantized to int8; ~1.5x faster, scores off by ~1e-2, not exact).
+        backend: ``"torch"`` (exact) or ``"int8"`` (CPU only: the encoder's Linear layers in int8
+            with per-token input ranges, see ``reranking.quantization``; faster, not exact).
         max_length: tokens per pair including special tokens (capped by the model's limit).
         query_max_length: tokens a query may keep before the document is cut; default a
             quarter of ``max_length``, so long queries cannot crowd out the passage.
@@ -252,7 +254,7 @@ class CrossEncoderScorer:
                 for name, module in model.named_modules()
                 if isinstance(module, torch.nn.Linear) and not _is_head(name)
             }
-            model = torch.ao.quantization.quantize_dynamic(model, encoder_linears, dtype=torch.qint8)
+            model = quantize_linears(model, encoder_linears)
         return model
 
     def _load_torch_model(self, trust_remote_code: bool) -> torch.nn.Module:
