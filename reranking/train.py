@@ -72,6 +72,10 @@ class TrainingOptions:
     # update for them. ~10% faster steps on an idle 2-core CPU (up to 2x on a CPU shared with
     # other jobs), and less to overfit on a small training set.
     freeze_embeddings: bool = False
+    # Set aside this fraction of the queries (seeded): after every epoch the model reranks their
+    # pools, and the epoch with the best nDCG@10 on them is the one saved. On 647 SciFact queries
+    # six epochs fitted the training queries (+0.063 nDCG@10 over hybrid) but not unseen ones.
+    validation_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class TrainingResult:
     groups: int  # groups trained on
     skipped_groups: int  # groups without a positive or without a negative
     chance_loss: float | None  # ln(group_size) for infonce: the loss of a model that learnt nothing
+    validation_groups: int = 0
+    validation_ndcg: Sequence[float] = ()  # nDCG@10 on the validation groups' pools, after each epoch
+    saved_epoch: int | None = None  # the epoch whose weights were saved (None: the last)
 
     @property
     def final_loss(self) -> float:
@@ -219,19 +226,21 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
     rng = random.Random(options.seed)
     if options.limit_groups is not None and options.limit_groups < len(trainable):
         trainable = rng.sample(trainable, options.limit_groups)
+    trainable, validation = validation_split(trainable, fraction=options.validation_fraction, seed=options.seed)
     device = _device_pick(options.device)
     torch.manual_seed(options.seed)  # the fresh head's initial weights come from this seed
     model, tokenizer = cross_encoder_load(base_model, device=device)
     if options.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
-    queries = {group.query: query_truncate(tokenizer, group.query, options.max_query_tokens) for group in trainable}
+    queries = {group.query: query_truncate(tokenizer, group.query, options.max_query_tokens) for group in [*trainable, *validation]}
     steps_per_epoch = math.ceil(sum(len(group.positives) for group in trainable) / options.batch_groups)
     optimizer, scheduler = _optimizer_build(model, options, total_steps=steps_per_epoch * options.epochs)
 
     with _cpu_threads(device, options.threads):
         started, pairs, epoch_losses, step_losses = time.perf_counter(), 0, [], []
-        model.train()
+        best = _BestEpoch()
         for epoch in range(1, options.epochs + 1):
+            model.train()
             step_groups = epoch_step_groups(trainable, group_size=options.group_size, rng=rng)
             bar = _progress(_batched(step_groups, options.batch_groups), f"Epoch {epoch}/{options.epochs}", enabled=progress)
             losses = []
@@ -244,16 +253,88 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
                 bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", refresh=False)
             epoch_losses.append(sum(losses) / len(losses))
             step_losses += losses
-            _say(f"Epoch {epoch}/{options.epochs}: mean loss {epoch_losses[-1]:.4f}", enabled=progress)
+            message = f"Epoch {epoch}/{options.epochs}: mean loss {epoch_losses[-1]:.4f}"
+            if validation:
+                best.offer(epoch, validation_ndcg(model, tokenizer, validation, queries, options, device), model)
+                message += f", validation nDCG@10 {best.scores[-1]:.4f}"
+            _say(message, enabled=progress)
+        if best.state is not None:
+            model.load_state_dict(best.state)
         result = TrainingResult(
             output=Path(output), epoch_losses=epoch_losses, step_losses=step_losses, steps=steps_per_epoch * options.epochs, pairs=pairs,
             seconds=time.perf_counter() - started, groups=len(trainable),
             skipped_groups=len(groups) - len(usable_groups(groups)),
             chance_loss=math.log(options.group_size) if options.loss == "infonce" else None,
+            validation_groups=len(validation), validation_ndcg=best.scores, saved_epoch=best.epoch,
         )
         record = _training_record(base_model, options, result, device)
     cross_encoder_save(model, tokenizer, output=Path(output), record=record)
     return result
+
+
+def validation_split(groups: Sequence[TrainingGroup], *, fraction: float, seed: int) -> tuple[list, list]:
+    """Split groups by query: (training, validation), about `fraction` of the queries in validation.
+
+    Every group of one query lands on the same side, so validation queries are never trained on.
+    """
+    if not fraction:
+        return list(groups), []
+    queries = sorted({group.query for group in groups})
+    random.Random(seed).shuffle(queries)
+    held = set(queries[: round(fraction * len(queries))])
+    training = [group for group in groups if group.query not in held]
+    validation = [group for group in groups if group.query in held]
+    if not validation or not training:
+        raise TrainingError(
+            f"A validation fraction of {fraction} leaves {len(training)} training and {len(validation)} validation groups "
+            f"out of {len(groups)}: give more groups or a fraction that leaves some on both sides."
+        )
+    return training, validation
+
+
+def validation_ndcg(model, tokenizer, groups: Sequence[TrainingGroup], queries: dict[str, str],
+                    options: TrainingOptions, device) -> float:
+    """Mean nDCG@10 of the model's ranking of each group's positives and whole negative pool."""
+    import torch
+
+    model.eval()
+    values = []
+    with torch.no_grad():
+        for group in groups:
+            passages = [*group.positives, *group.negatives]
+            gains = [*(group.positive_labels or [1.0] * len(group.positives)), *([0.0] * len(group.negatives))]
+            scores = []
+            for start in range(0, len(passages), options.batch_groups * options.group_size):
+                chunk = passages[start:start + options.batch_groups * options.group_size]
+                features = tokenizer([queries[group.query]] * len(chunk), chunk, padding=True, truncation="only_second",
+                                     max_length=options.max_length, return_tensors="pt").to(device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    scores += model(**features).logits[:, 0].float().tolist()
+            values.append(ndcg_at_10(scores, gains))
+    return sum(values) / len(values)
+
+
+def ndcg_at_10(scores: Sequence[float], gains: Sequence[float]) -> float:
+    """nDCG@10 of ranking items by `scores` (ties keep the given order), with graded `gains`."""
+    ranked = sorted(range(len(scores)), key=lambda index: -scores[index])[:10]
+    dcg = sum(gains[index] / math.log2(rank + 2) for rank, index in enumerate(ranked))
+    ideal = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(sorted(gains, reverse=True)[:10]))
+    return dcg / ideal if ideal else 0.0
+
+
+class _BestEpoch:
+    """Validation scores by epoch, and a CPU copy of the weights of the best epoch so far."""
+
+    def __init__(self):
+        self.scores: list[float] = []
+        self.epoch: int | None = None
+        self.state: dict | None = None
+
+    def offer(self, epoch: int, score: float, model) -> None:
+        self.scores.append(score)
+        if self.epoch is None or score > self.scores[self.epoch - 1]:
+            self.epoch = epoch
+            self.state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
 
 
 def _batched(items: list, size: int) -> list[list]:
@@ -365,6 +446,8 @@ def _options_check(options: TrainingOptions) -> None:
         problems.append("limit groups must be at least 1")
     if options.threads is not None and options.threads < 1:
         problems.append("threads must be at least 1")
+    if not 0 <= options.validation_fraction < 1:
+        problems.append("validation fraction must be in [0, 1)")
     if problems:
         message = "; ".join(problems)
         raise TrainingError(message[0].upper() + message[1:] + ".")
@@ -387,6 +470,9 @@ def _training_record(base_model: str, options: TrainingOptions, result: Training
         "pairs": result.pairs,
         "train_seconds": round(result.seconds, 1),
         "pairs_per_second": round(result.pairs_per_second, 1),
+        "validation_groups": result.validation_groups,
+        "validation_ndcg_at_10": [round(value, 6) for value in result.validation_ndcg],
+        "saved_epoch": result.saved_epoch or len(result.epoch_losses),
     }
 
 
@@ -440,6 +526,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze-embeddings", action="store_true",
                         help="Do not train the token embeddings (a third of MiniLM's weights): ~10%% faster steps on an idle CPU, "
                              "more on a busy one, and less to overfit on a small training set.")
+    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction, metavar="F",
+                        help="Set aside this fraction of the queries (by --seed); after each epoch the model reranks their "
+                             "pools and the epoch with the best nDCG@10 on them is saved, not simply the last. Costs one "
+                             "scoring pass over those pools per epoch. Default: 0 (no validation, the last epoch is saved).")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help=f"Seed for the head's initial weights, negative sampling and shuffling. Default: {defaults.seed}.")
     parser.add_argument("--device", default=None,
@@ -464,6 +554,10 @@ def training_summary(result: TrainingResult) -> str:
     if result.chance_loss is not None:
         summary += (f" Final loss (last tenth of the steps) {result.final_loss:.4f} against ln(group size) = "
                     f"{result.chance_loss:.4f} for a model that learnt nothing.")
+    if result.validation_ndcg:
+        by_epoch = ", ".join(f"{value:.4f}" for value in result.validation_ndcg)
+        summary += (f" Validation nDCG@10 on {result.validation_groups} held-back groups, by epoch: {by_epoch}; "
+                    f"saved epoch {result.saved_epoch}.")
     return summary + f" Saved to {result.output}."
 
 

@@ -202,6 +202,51 @@ def test_invalid_options_are_refused_with_every_problem_named(tiny_cross_encoder
     assert all(word in str(error.value).lower() for word in ("loss", "group size", "max query tokens"))
 
 
+def test_validation_split_keeps_every_group_of_a_query_on_one_side():
+    groups = colour_groups() + [TrainingGroup(query=group.query, positives=["again"], negatives=["other"]) for group in colour_groups()[:5]]
+
+    training, validation = train.validation_split(groups, fraction=0.25, seed=13)
+
+    assert {group.query for group in training}.isdisjoint({group.query for group in validation})
+    assert len({group.query for group in validation}) == 5 and len(training) + len(validation) == len(groups)
+    assert train.validation_split(groups, fraction=0.25, seed=13) == (training, validation)
+
+
+def test_the_best_epoch_is_kept_not_the_last():
+    model = torch.nn.Linear(2, 1)
+    best = train._BestEpoch()
+    best.offer(1, 0.50, model)
+    kept = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    best.offer(2, 0.40, model)
+
+    assert best.epoch == 1 and best.scores == [0.50, 0.40]
+    assert torch.equal(best.state["weight"], kept)
+
+
+def test_validation_scores_every_epoch_and_the_saved_model_is_the_best_one(tiny_cross_encoder, tmp_path):
+    options = TrainingOptions(**{**QUICK.__dict__, "epochs": 3, "validation_fraction": 0.25})
+
+    result = train.cross_encoder_train(groups=colour_groups(), base_model=str(tiny_cross_encoder), output=tmp_path,
+                                       options=options, progress=False)
+
+    _, validation = train.validation_split(colour_groups(), fraction=0.25, seed=options.seed)
+    assert result.validation_groups == len(validation) == 5 and result.groups == 15
+    assert len(result.validation_ndcg) == 3
+    assert result.saved_epoch == 1 + max(range(3), key=lambda epoch: result.validation_ndcg[epoch])
+    saved = ndcg_at_10(validation, logit_scorer(tmp_path))
+    assert saved == pytest.approx(max(result.validation_ndcg), abs=1e-6)
+    record = json.loads((tmp_path / train.TRAINING_RECORD).read_text())
+    assert record["saved_epoch"] == result.saved_epoch and len(record["validation_ndcg_at_10"]) == 3
+
+
+def test_ndcg_at_10_counts_graded_gains_and_only_the_top_ten():
+    assert train.ndcg_at_10([0.9, 0.1, 0.5], [1.0, 0.0, 0.0]) == 1.0
+    assert train.ndcg_at_10([0.1, 0.9], [1.0, 0.0]) == pytest.approx(1 / math.log2(3))
+    assert train.ndcg_at_10([-float(rank) for rank in range(12)], [0.0] * 11 + [1.0]) == 0.0
+
+
 def test_command_line_trains_and_prints_the_losses(tiny_cross_encoder, tmp_path, capsys):
     groups_path = tmp_path / "groups.jsonl"
     train.training_groups_write(groups=colour_groups(), path=groups_path)
@@ -223,5 +268,5 @@ def test_every_command_line_option_has_help(capsys):
     text = capsys.readouterr().out
     for option in ("--groups", "--base-model", "--output", "--loss", "--epochs", "--lr", "--group-size",
                    "--batch-groups", "--max-length", "--max-query-tokens", "--limit-groups", "--freeze-embeddings",
-                   "--seed", "--device", "--threads"):
+                   "--seed", "--device", "--threads", "--validation-fraction"):
         assert option in text
