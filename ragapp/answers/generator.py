@@ -56,17 +56,24 @@ def _served_model(url: str) -> str:
     return models[0].id
 
 
-def chat_stream(*, messages: list[dict], max_tokens: int | None = None) -> Iterator[str]:
-    """Yield the answer's text as it is generated."""
+def chat_stream(*, messages: list[dict], max_tokens: int | None = None, usage: dict | None = None) -> Iterator[str]:
+    """Yield the answer's text as it is generated; fill `usage` with the token counts the server reports."""
     client, model = generator_client(), generator_model()
+    request = dict(model=model, messages=messages, stream=True, max_tokens=max_tokens or settings.GENERATOR_MAX_TOKENS,
+                   temperature=settings.GENERATOR_TEMPERATURE)
     try:
-        stream = client.chat.completions.create(
-            model=model, messages=messages, stream=True, max_tokens=max_tokens or settings.GENERATOR_MAX_TOKENS,
-            temperature=settings.GENERATOR_TEMPERATURE,
-        )
+        try:
+            stream = client.chat.completions.create(**request, stream_options={"include_usage": True})
+        except openai.BadRequestError as error:
+            if "stream_options" not in str(error):
+                raise
+            # An older OpenAI-compatible server that refuses the option: answer without the counts.
+            stream = client.chat.completions.create(**request)
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
+            if chunk.usage is not None and usage is not None:
+                usage.update(prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens)
     except openai.OpenAIError as error:
         raise GeneratorUnavailable(_describe(error)) from error
 

@@ -36,6 +36,10 @@ class Message(models.Model):
     notice = models.TextField(blank=True, help_text="What went wrong or was skipped, shown with the answer.")
     generated = models.BooleanField(default=False, help_text="False: no generator answered; passages only.")
     timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage.")
+    usage = models.JSONField(
+        default=dict, blank=True,
+        help_text="Tokens the generator reported for the answer: prompt_tokens, completion_tokens (empty if it did not say).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

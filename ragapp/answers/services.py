@@ -95,6 +95,7 @@ class _Run:
 
     started: float = field(default_factory=time.perf_counter)
     timings: dict = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)  # the generator's token counts for the answer
     notices: list[str] = field(default_factory=list)
     no_answer_explained: bool = False  # a notice already says why there is no generated text
 
@@ -231,7 +232,7 @@ def _generate(messages: list[dict], run: _Run) -> Iterator[str]:
     since = time.perf_counter()
     first = True
     try:
-        for text in generator.chat_stream(messages=messages):
+        for text in generator.chat_stream(messages=messages, usage=run.usage):
             if first:
                 run.timings["first_token"] = round(time.perf_counter() - run.started, 4)
                 first = False
@@ -267,7 +268,7 @@ def _answer_store(conversation: Conversation, answer: str, standalone: str, rera
     run.timings["total"] = round(time.perf_counter() - run.started, 4)
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.ASSISTANT, content=answer, standalone_question=standalone,
-        reranked=reranked, notice=" ".join(run.notices), generated=generated, timings=run.timings,
+        reranked=reranked, notice=" ".join(run.notices), generated=generated, timings=run.timings, usage=run.usage,
     )
     # Every passage shown is stored: those sent (numbered as in the prompt), then any left out.
     shown = {passage.number: passage for passage in sent}
@@ -309,7 +310,7 @@ def answer_json(message: Message) -> dict:
     return {
         "answer": message.content, "generated": message.generated, "notice": message.notice,
         "standalone_question": message.standalone_question, "reranked": message.reranked,
-        "cited": valid, "invalid_citations": invalid, "timings": message.timings,
+        "cited": valid, "invalid_citations": invalid, "timings": message.timings, "usage": message.usage,
         "citations": [citation_json(c) for c in citations],
     }
 

@@ -24,10 +24,15 @@ class ChatMessage(serializers.Serializer):
     content = serializers.JSONField(help_text="Text, or a list of content parts of which the text parts are read.")
 
 
+class StreamOptions(serializers.Serializer):
+    include_usage = serializers.BooleanField(default=False, help_text="Send the token counts in a last chunk.")
+
+
 class ChatCompletionRequest(serializers.Serializer):
     model = serializers.CharField(help_text="The collection to answer from (its slug or name; see /v1/models).")
     messages = ChatMessage(many=True, allow_empty=False)
     stream = serializers.BooleanField(default=False)
+    stream_options = StreamOptions(required=False)
 
 
 def openai_error(message: str, *, status: int, error_type: str = "invalid_request_error", code: str | None = None):
@@ -69,20 +74,22 @@ def chat_completions(request):
         return openai_error(str(error), status=error.status, code="model_not_found" if error.status == 404 else None)
     completion_id, created = f"chatcmpl-{next(events)['question_message']}", int(time.time())
     if data["stream"]:
-        return _stream(events, completion_id, created, collection.slug)
+        include_usage = data.get("stream_options", {}).get("include_usage", False)
+        return _stream(events, completion_id, created, collection.slug, include_usage=include_usage)
     *_, done = events
     answer = done["answer"] if done["generated"] else fallback_text(done)
     return Response({
         "id": completion_id, "object": "chat.completion", "created": created, "model": collection.slug,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-        "citations": done["citations"], "rag": _rag_fields(done),
+        **_usage_field(done), "citations": done["citations"], "rag": _rag_fields(done),
     })
 
 
-def _stream(events, completion_id: str, created: int, model: str):
-    def chunk(delta: dict, finish_reason=None, **extra) -> str:
+def _stream(events, completion_id: str, created: int, model: str, *, include_usage: bool):
+    def chunk(delta: dict | None, finish_reason=None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
         body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+                "choices": choices, **extra}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     def encode():
@@ -94,9 +101,22 @@ def _stream(events, completion_id: str, created: int, model: str):
                 if not event["generated"]:
                     yield chunk({"content": fallback_text(event)})
                 yield chunk({}, "stop", citations=event["citations"], rag=_rag_fields(event))
+                if include_usage:  # as OpenAI does: a last chunk with no choices (usage null if unknown)
+                    yield chunk(None, usage=_usage_field(event).get("usage"))
         yield "data: [DONE]\n\n"
 
     return unbuffered_stream(encode(), "text/event-stream; charset=utf-8")
+
+
+def _usage_field(done: dict) -> dict:
+    """OpenAI's usage object for the answer, from the generator's own counts; nothing when it gave none.
+
+    The prompt is the one the generator read (instructions, passages and the question), not the
+    caller's messages; a follow-up's rewrite is a separate, short call and is not counted."""
+    usage = done.get("usage") or {}
+    if usage.get("prompt_tokens") is None or usage.get("completion_tokens") is None:
+        return {}
+    return {"usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}}
 
 
 def _rag_fields(done: dict) -> dict:

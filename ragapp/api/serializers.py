@@ -39,6 +39,9 @@ class AnswerSerializer(serializers.Serializer):
                                               help_text="[n] in the answer that name no passage sent: not links.")
     citations = PassageSerializer(many=True)
     timings = serializers.DictField(child=serializers.FloatField(), help_text="Seconds per stage.")
+    usage = serializers.DictField(child=serializers.IntegerField(),
+                                  help_text="prompt_tokens and completion_tokens as the generator counted them; "
+                                            "empty when it did not say.")
 
 
 class SearchRequest(serializers.Serializer):
@@ -86,7 +89,7 @@ class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
         fields = ["id", "role", "content", "standalone_question", "generated", "reranked", "notice", "timings",
-                  "created_at", "citations"]
+                  "usage", "created_at", "citations"]
 
     def get_citations(self, message) -> list[dict]:
         from ragapp.answers.services import citation_json

@@ -26,6 +26,8 @@ class ScriptedGenerator:
         self.token_delay = token_delay
         self.status = status
         self.requests: list[dict] = []
+        self.report_usage = True  # False: act like a server that ignores stream_options
+        self.refuse_stream_options = False  # True: act like a server that answers 400 to them
 
     def handler(self):
         scripted = self
@@ -48,9 +50,18 @@ class ScriptedGenerator:
                 if scripted.status != 200:
                     self._json({"error": {"message": "scripted failure", "type": "server_error"}}, status=scripted.status)
                     return
+                if scripted.refuse_stream_options and "stream_options" in body:
+                    self._json({"error": {"message": "stream_options: extra fields not permitted",
+                                          "type": "BadRequestError"}}, status=400)
+                    return
                 text = scripted.reply(body["messages"])
                 if body.get("stream"):
-                    self._stream(text, body.get("model", MODEL))
+                    usage = None
+                    if scripted.report_usage and (body.get("stream_options") or {}).get("include_usage"):
+                        # Counted the scripted way (words), so tests can predict them.
+                        usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                                 "completion_tokens": len(stream_pieces(text))}
+                    self._stream(text, body.get("model", MODEL), usage)
                 else:
                     self._json({"id": "cmpl-1", "object": "chat.completion", "created": int(time.time()),
                                 "model": MODEL, "choices": [{"index": 0, "finish_reason": "stop",
@@ -64,17 +75,21 @@ class ScriptedGenerator:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def _stream(self, text: str, model: str):
+            def _stream(self, text: str, model: str, usage: dict | None):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for piece in _pieces(text):
+                for piece in stream_pieces(text):
                     chunk = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
                              "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                     time.sleep(scripted.token_delay)
+                if usage is not None:
+                    usage_chunk = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                                   "choices": [], "usage": {**usage, "total_tokens": sum(usage.values())}}
+                    self.wfile.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 self.close_connection = True
@@ -82,7 +97,7 @@ class ScriptedGenerator:
         return Handler
 
 
-def _pieces(text: str) -> list[str]:
+def stream_pieces(text: str) -> list[str]:
     """The text in word-sized pieces, as a model streams it."""
     pieces, current = [], ""
     for character in text:

@@ -45,6 +45,8 @@ def test_a_question_is_answered_by_vllm_streamed_and_stored(real_generator, coll
     assert {"retrieve", "prompt", "first_token", "generate", "total"} <= set(done["timings"])
     assert done["timings"]["first_token"] < done["timings"]["total"]
     assert "Reranking was skipped" in done["notice"]
+    # vLLM's own token counts: the prompt holds the passage, the completion what was streamed.
+    assert done["usage"]["prompt_tokens"] > 50 and 0 < done["usage"]["completion_tokens"] <= 64
 
 
 def test_the_openai_endpoint_serves_vllm_answers_streaming_and_not(real_generator, live_server, collection, reader):
@@ -52,6 +54,7 @@ def test_the_openai_endpoint_serves_vllm_answers_streaming_and_not(real_generato
     messages = [{"role": "user", "content": "When is the coffee machine descaled?"}]
     completion = client.chat.completions.create(model=collection.slug, messages=messages)
     assert completion.choices[0].message.content.strip()
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens > 50
     assert completion.model_extra["rag"]["generated"] and completion.model_extra["citations"][0]["title"] == "coffee"
     chunks = list(client.chat.completions.create(model=collection.slug, messages=messages, stream=True))
     assert sum(1 for chunk in chunks if chunk.choices[0].delta.content) >= 3

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
 from ragapp.documents.services import collection_get_or_create
-from tests.answers.scripted_generator import scripted_generator
+from tests.answers.scripted_generator import scripted_generator, stream_pieces
 
 
 @pytest.fixture
@@ -56,6 +56,54 @@ def test_a_streamed_completion_yields_the_answer_then_citations(client, handbook
     assert text == "Taxi rides need a receipt [1]."
     assert len([c for c in chunks if c.choices[0].delta.content]) >= 4
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].model_extra["citations"][0]["number"] == 1
+
+
+def _scripted_usage(request: dict, answer: str) -> tuple[int, int]:
+    """The counts the scripted generator reports: words of the prompt it got, pieces it streamed."""
+    return sum(len(m["content"].split()) for m in request["messages"]), len(stream_pieces(answer))
+
+
+def test_usage_is_the_generators_count_for_the_prompt_it_read(client, handbook, generator):
+    completion = client.chat.completions.create(
+        model=handbook.slug, messages=[{"role": "user", "content": "Do taxi rides need a receipt?"}])
+
+    prompt, completion_tokens = _scripted_usage(generator.requests[-1], "Taxi rides need a receipt [1].")
+    assert generator.requests[-1]["stream_options"] == {"include_usage": True}
+    assert prompt > 20  # the passages and instructions, not just the caller's six words
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (prompt, completion_tokens)
+    assert completion.usage.total_tokens == prompt + completion_tokens
+
+
+def test_a_stream_sends_usage_last_only_when_asked(client, handbook, generator):
+    question = [{"role": "user", "content": "Do taxi rides need a receipt?"}]
+    plain = list(client.chat.completions.create(model=handbook.slug, stream=True, messages=question))
+    asked = list(client.chat.completions.create(model=handbook.slug, stream=True, messages=question,
+                                                stream_options={"include_usage": True}))
+
+    assert all(chunk.usage is None and chunk.choices for chunk in plain)
+    assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == len(
+        [c for c in asked if c.choices and c.choices[0].delta.content])
+    assert all(chunk.choices for chunk in asked[:-1])
+
+
+def test_no_usage_when_the_generator_reports_none(client, handbook, generator, settings):
+    with scripted_generator(lambda messages: "No counts here.") as (url, scripted):
+        settings.GENERATOR_URL = url
+        scripted.report_usage = False
+        completion = client.chat.completions.create(
+            model=handbook.slug, messages=[{"role": "user", "content": "Do taxi rides need a receipt?"}])
+
+    assert completion.choices[0].message.content == "No counts here." and completion.usage is None
+
+
+def test_a_generator_that_refuses_stream_options_still_answers(client, handbook, generator):
+    generator.refuse_stream_options = True
+
+    completion = client.chat.completions.create(
+        model=handbook.slug, messages=[{"role": "user", "content": "Do taxi rides need a receipt?"}])
+
+    assert completion.choices[0].message.content == "Taxi rides need a receipt [1]." and completion.usage is None
+    assert "stream_options" in generator.requests[-2] and "stream_options" not in generator.requests[-1]
 
 
 def test_earlier_messages_make_a_follow_up_that_is_rewritten(client, handbook, generator):

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from ragapp.answers.models import Feedback
 from ragapp.documents.models import Document
 from ragapp.documents.services import collection_get_or_create
-from tests.answers.scripted_generator import scripted_generator
+from tests.answers.scripted_generator import scripted_generator, stream_pieces
 
 pytestmark = pytest.mark.django_db
 
@@ -76,6 +76,10 @@ def test_ask_returns_the_answer_citations_and_timings(api, handbook, generator):
     assert set(first) >= {"number", "chunk", "document", "page", "score", "text", "title"}
     assert first["title"] == "travel" and "receipt" in first["text"]
     assert {"retrieve", "generate", "total"} <= set(body["timings"])
+    # The scripted generator counts the pieces it streamed and the words of the prompt it got.
+    assert body["usage"]["completion_tokens"] == len(stream_pieces(body["answer"])) and body["usage"]["prompt_tokens"] > 20
+    stored = api.get(f"/api/v1/conversations/{body['conversation']}/").json()
+    assert stored["messages"][-1]["usage"] == body["usage"]
     follow_up = api.post("/api/v1/ask", {"question": "And trains?", "conversation": body["conversation"]}, format="json")
     assert follow_up.status_code == 200 and follow_up.json()["conversation"] == body["conversation"]
 
