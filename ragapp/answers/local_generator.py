@@ -15,6 +15,8 @@ No Django imports: a pytest conftest and a plain script import this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -94,6 +96,32 @@ def default_home() -> Path:
         return Path(os.environ["VLLM_HOME"]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "ragapp" / "vllm"
+
+
+def local_model_prepare(*, home: Path, log: Log = print) -> tuple[Path, Path]:
+    """Install vLLM and convert the model if needed; return (the environment's python, the model folder).
+
+    One process at a time per HOME: a second `serve` or test run waits for the first to finish
+    instead of installing into the same folder at once.
+    """
+    with _exclusive(Path(home) / "prepare.lock", log):
+        python = environment_ensure(home=home, log=log)
+        return python, model_ensure(home=home, python=python, log=log)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, log: Log):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"Another process is preparing the local vLLM in {lock_path.parent}; waiting for it...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def environment_ensure(*, home: Path, log: Log = print) -> Path:
@@ -233,8 +261,7 @@ class LocalServer:
 def server_start(*, home: Path | None = None, host: str = "127.0.0.1", port: int = 8001, log: Log = print) -> LocalServer:
     """Prepare the environment and model if needed and start the server; call wait_ready() next."""
     home = Path(home) if home else default_home()
-    python = environment_ensure(home=home, log=log)
-    model_dir = model_ensure(home=home, python=python, log=log)
+    python, model_dir = local_model_prepare(home=home, log=log)
     log_path = home / f"server-{port}.log"
     log(f"Starting vLLM ({LOCAL_MODEL_NAME}) on http://{host}:{port}/v1, log in {log_path}")
     # A file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks it.
@@ -296,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     try:
         if arguments.command == "prepare":
-            model_ensure(home=home, python=environment_ensure(home=home), log=print)
+            local_model_prepare(home=home, log=print)
             print(f"Local vLLM ready in {home} ({time.monotonic() - started:.0f} s)")
         else:
             _serve(home, arguments.host, arguments.port, started)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -117,6 +119,26 @@ def test_model_ensure_converts_once_with_the_given_python(tmp_path):
     [call] = calls(python)
     assert call[0] == "-c" and call[2] == str(model_dir)
     assert "<|im_start|>" in call[3]  # the ChatML template, used if the GGUF has none
+
+
+def test_a_second_preparation_waits_for_the_first_and_then_installs_nothing(tmp_path):
+    python = fake_python(tmp_path / "venv" / "bin" / "python")
+    messages, done = [], []
+    with open(tmp_path / "prepare.lock", "a") as held:  # another process is preparing
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = threading.Thread(target=lambda: done.append(local_generator.local_model_prepare(home=tmp_path, log=messages.append)))
+        second.start()
+        time.sleep(0.5)
+        assert second.is_alive() and not calls(python)  # waiting, not installing alongside
+        environment_ensure(home=tmp_path, log=lambda _: None)  # the first one finishes its install
+        model_ensure(home=tmp_path, python=python, log=lambda _: None)
+        installed = len(calls(python))
+        fcntl.flock(held, fcntl.LOCK_UN)
+    second.join(timeout=10)
+
+    assert done == [(python, tmp_path / "smollm2-135m-instruct")]
+    assert len(calls(python)) == installed  # it found everything in place
+    assert "waiting" in messages[0]
 
 
 def test_wait_ready_raises_with_the_log_tail_when_the_server_exits(tmp_path):
