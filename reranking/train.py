@@ -268,6 +268,7 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
             validation_groups=len(validation), validation_ndcg=best.scores, saved_epoch=best.epoch,
         )
         record = _training_record(base_model, options, result, device)
+        record["weights_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     cross_encoder_save(model, tokenizer, output=Path(output), record=record)
     return result
 
@@ -358,11 +359,15 @@ def _train_step(model, tokenizer, batch: list[StepGroup], queries: dict[str, str
 
 def cross_encoder_load(name_or_path: str, *, device=None):
     """Load a sequence-classification model with one logit (a fresh head for a plain encoder) and its tokenizer."""
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+        # float32 whatever the checkpoint holds: transformers 5 keeps a bf16 checkpoint in bf16, and
+        # AdamW steps of lr 8e-5 on bf16 weights (8-bit mantissa) mostly round away. On CUDA the
+        # forward pass still runs in bf16 under autocast.
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=torch.float32)
     except (OSError, ValueError) as error:
         raise TrainingError(
             f"Cannot load the base model {name_or_path!r} ({error}). Give a local folder with a Hugging Face "

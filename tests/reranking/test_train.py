@@ -117,6 +117,16 @@ def test_a_plain_encoder_gets_a_fresh_one_logit_head(tmp_path):
     assert model.config.num_labels == 1 and model.classifier.out_features == 1
 
 
+def test_a_bfloat16_checkpoint_trains_with_float32_weights(tiny_cross_encoder, tmp_path):
+    # Weights moved to the GPU machine in bf16 (to fit the transfer) must not train in bf16.
+    AutoModelForSequenceClassification.from_pretrained(tiny_cross_encoder).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    AutoTokenizer.from_pretrained(tiny_cross_encoder).save_pretrained(tmp_path / "bf16")
+
+    model, _ = train.cross_encoder_load(str(tmp_path / "bf16"))
+
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+
+
 def test_negatives_are_redrawn_every_epoch_without_repeats():
     group = TrainingGroup(query="q", positives=["p1", "p2"], negatives=[f"n{i}" for i in range(30)])
     rng = random.Random(1)
@@ -239,6 +249,7 @@ def test_validation_scores_every_epoch_and_the_saved_model_is_the_best_one(tiny_
     assert saved == pytest.approx(max(result.validation_ndcg), abs=1e-6)
     record = json.loads((tmp_path / train.TRAINING_RECORD).read_text())
     assert record["saved_epoch"] == result.saved_epoch and len(record["validation_ndcg_at_10"]) == 3
+    assert record["weights_dtype"] == "float32"
 
 
 def test_ndcg_at_10_counts_graded_gains_and_only_the_top_ten():
