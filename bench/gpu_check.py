@@ -149,7 +149,8 @@ def fine_tune(options) -> dict:
             "pairs_per_second": round(result.pairs_per_second, 1), "epoch_losses": [round(x, 4) for x in result.epoch_losses],
             "final_loss": round(result.final_loss, 4), "chance_loss": round(result.chance_loss, 4),
             "validation_groups": result.validation_groups,
-            "validation_ndcg_at_10": [round(x, 4) for x in result.validation_ndcg], "saved_epoch": result.saved_epoch}
+            "validation_ndcg_at_10": [round(x, 4) for x in result.validation_ndcg], "saved_epoch": result.saved_epoch,
+            "validation_seconds": round(result.validation_seconds, 1)}
 
 
 def pairs_score(pairs: Path, model: Path) -> dict:

@@ -85,13 +85,14 @@ class TrainingResult:
     step_losses: list[float]
     steps: int
     pairs: int  # query-passage pairs run forward and backward, all epochs together
-    seconds: float  # training loop only (no loading or saving)
+    seconds: float  # training steps only (no loading, saving or validation)
     groups: int  # groups trained on
     skipped_groups: int  # groups without a positive or without a negative
     chance_loss: float | None  # ln(group_size) for infonce: the loss of a model that learnt nothing
     validation_groups: int = 0
     validation_ndcg: Sequence[float] = ()  # nDCG@10 on the validation groups' pools, after each epoch
     saved_epoch: int | None = None  # the epoch whose weights were saved (None: the last)
+    validation_seconds: float = 0.0
 
     @property
     def final_loss(self) -> float:
@@ -255,17 +256,20 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
             step_losses += losses
             message = f"Epoch {epoch}/{options.epochs}: mean loss {epoch_losses[-1]:.4f}"
             if validation:
+                validation_started = time.perf_counter()
                 best.offer(epoch, validation_ndcg(model, tokenizer, validation, queries, options, device), model)
+                best.seconds += time.perf_counter() - validation_started
                 message += f", validation nDCG@10 {best.scores[-1]:.4f}"
             _say(message, enabled=progress)
         if best.state is not None:
             model.load_state_dict(best.state)
         result = TrainingResult(
             output=Path(output), epoch_losses=epoch_losses, step_losses=step_losses, steps=steps_per_epoch * options.epochs, pairs=pairs,
-            seconds=time.perf_counter() - started, groups=len(trainable),
+            seconds=time.perf_counter() - started - best.seconds, groups=len(trainable),
             skipped_groups=len(groups) - len(usable_groups(groups)),
             chance_loss=math.log(options.group_size) if options.loss == "infonce" else None,
             validation_groups=len(validation), validation_ndcg=best.scores, saved_epoch=best.epoch,
+            validation_seconds=best.seconds,
         )
         record = _training_record(base_model, options, result, device)
         record["weights_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -330,6 +334,7 @@ class _BestEpoch:
         self.scores: list[float] = []
         self.epoch: int | None = None
         self.state: dict | None = None
+        self.seconds = 0.0  # spent validating
 
     def offer(self, epoch: int, score: float, model) -> None:
         self.scores.append(score)
@@ -478,6 +483,7 @@ def _training_record(base_model: str, options: TrainingOptions, result: Training
         "validation_groups": result.validation_groups,
         "validation_ndcg_at_10": [round(value, 6) for value in result.validation_ndcg],
         "saved_epoch": result.saved_epoch or len(result.epoch_losses),
+        "validation_seconds": round(result.validation_seconds, 1),
     }
 
 
@@ -562,7 +568,7 @@ def training_summary(result: TrainingResult) -> str:
     if result.validation_ndcg:
         by_epoch = ", ".join(f"{value:.4f}" for value in result.validation_ndcg)
         summary += (f" Validation nDCG@10 on {result.validation_groups} held-back groups, by epoch: {by_epoch}; "
-                    f"saved epoch {result.saved_epoch}.")
+                    f"saved epoch {result.saved_epoch} ({result.validation_seconds:.0f} s validating).")
     return summary + f" Saved to {result.output}."
 
 

@@ -250,6 +250,7 @@ def test_validation_scores_every_epoch_and_the_saved_model_is_the_best_one(tiny_
     record = json.loads((tmp_path / train.TRAINING_RECORD).read_text())
     assert record["saved_epoch"] == result.saved_epoch and len(record["validation_ndcg_at_10"]) == 3
     assert record["weights_dtype"] == "float32"
+    assert result.validation_seconds > 0 and record["validation_seconds"] == round(result.validation_seconds, 1)
 
 
 def test_ndcg_at_10_counts_graded_gains_and_only_the_top_ten():
