@@ -271,8 +271,7 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
             validation_groups=len(validation), validation_ndcg=best.scores, saved_epoch=best.epoch,
             validation_seconds=best.seconds,
         )
-        record = _training_record(base_model, options, result, device)
-        record["weights_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+        record = _training_record(base_model, options, result, device, model)
     cross_encoder_save(model, tokenizer, output=Path(output), record=record)
     return result
 
@@ -311,8 +310,7 @@ def validation_ndcg(model, tokenizer, groups: Sequence[TrainingGroup], queries: 
             scores = []
             for start in range(0, len(passages), options.batch_groups * options.group_size):
                 chunk = passages[start:start + options.batch_groups * options.group_size]
-                features = tokenizer([queries[group.query]] * len(chunk), chunk, padding=True, truncation="only_second",
-                                     max_length=options.max_length, return_tensors="pt").to(device)
+                features = _pair_features(tokenizer, [(queries[group.query], passage) for passage in chunk], options, device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     scores += model(**features).logits[:, 0].float().tolist()
             values.append(ndcg_at_10(scores, gains))
@@ -352,14 +350,19 @@ def _train_step(model, tokenizer, batch: list[StepGroup], queries: dict[str, str
     import torch
 
     pairs = [(queries[step_group.query], passage) for step_group in batch for passage in step_group.passages]
-    features = tokenizer([query for query, _ in pairs], [passage for _, passage in pairs], padding=True,
-                         truncation="only_second", max_length=options.max_length, return_tensors="pt").to(device)
+    features = _pair_features(tokenizer, pairs, options, device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(**features).logits.squeeze(-1)
     loss = batch_loss(logits, batch, options.loss)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
     return loss.item()
+
+
+def _pair_features(tokenizer, pairs: list[tuple[str, str]], options: TrainingOptions, device):
+    """Model inputs for (query, passage) pairs: padded, the passage cut to fit max_length."""
+    return tokenizer([query for query, _ in pairs], [passage for _, passage in pairs], padding=True,
+                     truncation="only_second", max_length=options.max_length, return_tensors="pt").to(device)
 
 
 def cross_encoder_load(name_or_path: str, *, device=None):
@@ -463,7 +466,7 @@ def _options_check(options: TrainingOptions) -> None:
         raise TrainingError(message[0].upper() + message[1:] + ".")
 
 
-def _training_record(base_model: str, options: TrainingOptions, result: TrainingResult, device) -> dict:
+def _training_record(base_model: str, options: TrainingOptions, result: TrainingResult, device, model) -> dict:
     import torch
 
     return {
@@ -484,6 +487,7 @@ def _training_record(base_model: str, options: TrainingOptions, result: Training
         "validation_ndcg_at_10": [round(value, 6) for value in result.validation_ndcg],
         "saved_epoch": result.saved_epoch or len(result.epoch_losses),
         "validation_seconds": round(result.validation_seconds, 1),
+        "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
 
 
