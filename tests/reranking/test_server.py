@@ -236,6 +236,24 @@ def test_shutdown_answers_requests_already_accepted(one_logit_model_path):
     assert [response.status_code for response in responses] == [200, 200, 200]
 
 
+def test_an_int8_worker_ranks_like_the_exact_one(tmp_path):
+    from reranking.synthetic import build_preset_cross_encoder
+
+    # Moderate weights, as a trained model has (very large random ones quantize badly).
+    path = str(build_preset_cross_encoder(tmp_path / "model", "tiny", initializer_range=0.1))
+    exact = CrossEncoderScorer(path, device="cpu").predict([(QUERY, document) for document in DOCUMENTS], normalize=False)
+
+    with running_server(create_app(Settings(model=path, device="cpu", backend="int8"))) as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            wait_until_healthy(client)
+            response = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True})
+
+    assert response.status_code == 200, response.text
+    scores = {item["index"]: item["score"] for item in response.json()}
+    assert [index for index, _ in sorted(scores.items(), key=lambda item: -item[1])] == list(np.argsort(-exact))
+    assert 0 < max(abs(scores[index] - exact[index]) for index in scores) < 0.05  # int8: close, not identical
+
+
 def test_settings_come_from_the_environment_and_flags_override_them():
     environ = {"RERANKER_MODEL": "BAAI/bge-reranker-base", "RERANKER_PORT": "9001", "RERANKER_MAX_WAIT_MS": "4.5", "RERANKER_DEVICE": ""}
 
