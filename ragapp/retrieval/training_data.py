@@ -13,10 +13,16 @@ will sit behind) returns its top k chunks. A group for `reranking.train` is then
 - negatives: every other chunk of the top k whose document is not judged relevant, in
   retrieval order (hard negatives: they looked relevant to retrieval).
 
-Users' feedback on answers is a second source for later: a function that turns feedback rows
-into the same `TrainingGroup`s (rated-up cited chunk as positive, the other candidates of that
-answer as negatives) can be added beside `training_groups_mine`, and the command concatenates
-the groups of both sources before training.
+Users' feedback on answers is a second source (`ragapp.answers.feedback.feedback_groups_mine`).
+
+A third needs no labels at all: pseudo-queries from the collection's own documents
+(`pseudo_query_groups_mine`). A document's title states what the document is about, much as a
+question does; with the title as the query, the document's best-ranked chunk is the positive and
+other documents' chunks from the same hybrid top k are the negatives. Titles are cut from the
+start of every passage of these groups, else the model would learn to spot the copied title
+instead of reading the text. On a collection with few labelled questions this is several times
+more training data of the collection's own kind (as GPL and similar domain adaptation do with
+generated questions, here without a generator).
 """
 
 import random
@@ -33,6 +39,10 @@ from ragapp.retrieval.selectors import chunk_search
 from reranking.train import TrainingGroup
 
 MINING_DEPTH = 100  # chunks retrieved per query, as in the reranker's use
+# Negatives kept per pseudo-query, the best-ranked (hardest) first: fresh ones for groups of 16
+# over two epochs, in a file a third the size of full pools (it travels to a GPU machine).
+PSEUDO_NEGATIVES = 31
+PSEUDO_TITLE_MIN_WORDS = 4  # shorter titles ("Results", "Chapter 2") say too little to be a question
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ class MinedGroup:
                "positives": self.group.positives, "negatives": self.group.negatives}
         if self.group.positive_labels is not None:
             row["positive_labels"] = self.group.positive_labels
+        if self.group.pseudo:
+            row["pseudo"] = True
         return row
 
 
@@ -116,6 +128,58 @@ def _positives(best_chunks: dict[int, str], relevant: dict[int, int], max_releva
     for pk, text in [*best_chunks.items(), *missed_chunks]:
         labels.setdefault(text, relevant[pk] / max_relevance)
     return list(labels), list(labels.values())
+
+
+def pseudo_query_groups_mine(*, collection: Collection, limit: int, depth: int = MINING_DEPTH, seed: int = 13,
+                             progress: bool = True) -> MiningResult:
+    """Up to `limit` label-free groups: a document's title as the query (documents drawn by `seed`).
+
+    Only titles a person gave are used: at least PSEUDO_TITLE_MIN_WORDS words and not the file's
+    own name (the title a document gets when none is given).
+    """
+    started = time.perf_counter()
+    documents = [document for document in Document.objects.filter(collection=collection, status=Document.Status.READY)
+                 .only("pk", "title", "original_filename", "external_id").order_by("pk") if _title_usable(document)]
+    random.Random(seed).shuffle(documents)
+    titles = dict(Document.objects.filter(collection=collection).values_list("pk", "title"))
+    groups, retrieved = [], 0
+    for document in tqdm(documents[:limit], desc="Mining pseudo-queries", unit="title", disable=not progress):
+        group, found = _pseudo_query_group(document, titles, collection=collection, depth=depth)
+        if group is not None:
+            groups.append(MinedGroup(query_id=f"pseudo:{document.external_id or document.pk}", group=group))
+            retrieved += found
+    return MiningResult(groups=groups, positives_retrieved=retrieved, positives_missed=len(groups) - retrieved,
+                        queries_without_negatives=sum(not mined.group.negatives for mined in groups),
+                        seconds=time.perf_counter() - started)
+
+
+def _title_usable(document: Document) -> bool:
+    title = document.title.strip()
+    return len(title.split()) >= PSEUDO_TITLE_MIN_WORDS and title != Path(document.original_filename).stem
+
+
+def _pseudo_query_group(document: Document, titles: dict[int, str], *, collection: Collection,
+                        depth: int) -> tuple[TrainingGroup | None, bool]:
+    """The group of one title (None when the document has no chunk) and whether retrieval found the document."""
+    candidates = chunk_search(query=document.title, collection=collection, reader=None, k=depth, mode="hybrid")
+    own = next((c.chunk.text for c in candidates if c.chunk.document.id == document.pk), None)
+    positive = own or Chunk.objects.filter(document=document).order_by("ordinal").values_list("text", flat=True).first()
+    positive = _untitled(positive or "", document.title)
+    if not positive:  # no chunk, or one that holds the title alone
+        return None, False
+    # Another document with the very same title is no negative: it may well be the same work.
+    negatives = [_untitled(c.chunk.text, titles[c.chunk.document.id]) for c in candidates
+                 if c.chunk.document.id != document.pk and titles[c.chunk.document.id].strip() != document.title.strip()]
+    negatives = [text for text in dict.fromkeys(negatives) if text][:PSEUDO_NEGATIVES]
+    group = TrainingGroup(query=document.title.strip(), positives=[positive],
+                          negatives=negatives, pseudo=True)
+    return group, own is not None
+
+
+def _untitled(text: str, title: str) -> str:
+    """The chunk text without the document's title where the text starts with it."""
+    title = title.strip()
+    return text[len(title):].lstrip() if title and text.startswith(title) else text
 
 
 def query_ids_split(*, query_ids: Sequence[str], holdout_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -222,6 +222,32 @@ def test_validation_split_keeps_every_group_of_a_query_on_one_side():
     assert train.validation_split(groups, fraction=0.25, seed=13) == (training, validation)
 
 
+def test_pseudo_query_groups_always_train_and_never_validate():
+    labelled = colour_groups()
+    pseudo = [TrainingGroup(query=group.query, positives=["a title's own passage"], negatives=["another passage"], pseudo=True)
+              for group in labelled[:4]] + [TrainingGroup(query=f"title {n}", positives=["p"], negatives=["n"], pseudo=True)
+                                            for n in range(40)]
+
+    training, validation = train.validation_split([*labelled, *pseudo], fraction=0.25, seed=13)
+
+    assert validation and not any(group.pseudo for group in validation)
+    assert all(group in training for group in pseudo)  # even those whose text equals a validation query
+    assert len({group.query for group in validation}) == 5  # a quarter of the 20 labelled queries, not of all 64
+    assert validation == train.validation_split(labelled, fraction=0.25, seed=13)[1]
+
+
+def test_the_pseudo_flag_round_trips_and_plain_rows_stay_as_they_were(tmp_path):
+    path = tmp_path / "groups.jsonl"
+    groups = [TrainingGroup(query="q", positives=["p"], negatives=["n"]),
+              TrainingGroup(query="Title of a paper", positives=["its text"], negatives=["other text"], pseudo=True)]
+
+    train.training_groups_write(groups=groups, path=path)
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert "pseudo" not in rows[0] and rows[1]["pseudo"] is True
+    assert train.training_groups_read(path=path) == groups
+
+
 def test_the_best_epoch_is_kept_not_the_last():
     model = torch.nn.Linear(2, 1)
     best = train._BestEpoch()

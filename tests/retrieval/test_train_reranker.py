@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from ragapp.documents.models import Chunk
 from ragapp.retrieval import evaluation, training_data
@@ -131,3 +131,67 @@ def test_command_trains_only_on_the_queries_of_a_file(beir_folder, tiny_cross_en
     rows = (tmp_path / "model-groups.jsonl").read_text().splitlines()
     assert [json.loads(row)["query_id"] for row in rows] == ["q-whale", "q-bees"]
     assert (tmp_path / "model" / "reranker_training.json").is_file()
+
+
+# Titles long enough to be pseudo-queries, one too short, one missing (the file name stands in), one shared by two papers.
+PAPERS = {
+    "p-aspirin": ("Aspirin lowers the risk of heart attack in older adults",
+                  "In a trial of older adults, daily low-dose aspirin cut myocardial infarctions by a fifth."),
+    "p-aspirin-copy": ("Aspirin lowers the risk of heart attack in older adults",
+                       "A second report of the same trial, with five more years of follow-up of the aspirin group."),
+    "p-statins": ("Statins reduce cholesterol and cardiovascular events",
+                  "Patients taking statins had lower cholesterol and fewer heart attacks and strokes than placebo."),
+    "p-sleep": ("Short sleep impairs memory consolidation in students",
+                "Students who slept five hours recalled fewer words the next morning than those who slept eight."),
+    "p-coffee": ("Coffee drinking and the risk of liver disease",
+                 "Drinking coffee daily was associated with less liver fibrosis and cirrhosis in a large cohort."),
+    "p-short": ("Results", "Heart attack rates fell in the treated group."),
+    "p-untitled": ("", "An untitled note on heart attack prevention with aspirin."),
+}
+
+
+@pytest.fixture
+def papers_folder(tmp_path):
+    return write_beir(tmp_path / "papers", PAPERS, {"q-aspirin": ("Does aspirin prevent heart attacks?", "p-aspirin")})
+
+
+@pytest.mark.django_db
+def test_pseudo_queries_are_given_titles_cut_from_every_passage(papers_folder):
+    dataset = evaluation.beir_dataset_read(dataset_dir=papers_folder, split="train")
+    collection = evaluation.beir_collection_load(dataset_dir=papers_folder, corpus=dataset.corpus).collection
+
+    mined = training_data.pseudo_query_groups_mine(collection=collection, limit=10, progress=False)
+
+    groups = {group.query_id: group.group for group in mined.groups}
+    assert set(groups) == {f"pseudo:{corpus_id}" for corpus_id in ("p-aspirin", "p-aspirin-copy", "p-statins", "p-sleep", "p-coffee")}
+    aspirin = groups["pseudo:p-aspirin"]
+    assert aspirin.pseudo and aspirin.query == PAPERS["p-aspirin"][0]
+    assert aspirin.positives == [PAPERS["p-aspirin"][1]]  # the paper's text without its title
+    assert PAPERS["p-statins"][1] in aspirin.negatives and PAPERS["p-short"][1] in aspirin.negatives
+    assert PAPERS["p-aspirin-copy"][1] not in aspirin.negatives  # the same title: maybe the same work, no negative
+    titles = [title for title, _ in PAPERS.values() if title]
+    passages = [text for group in groups.values() for text in [*group.positives, *group.negatives]]
+    assert not [text for text in passages if any(text.startswith(title) for title in titles)]
+    assert mined.positives_missed == 0 and mined.queries_without_negatives == 0
+    again = training_data.pseudo_query_groups_mine(collection=collection, limit=3, progress=False)
+    assert [group.query_id for group in again.groups] == [group.query_id for group in mined.groups][:3]  # seeded
+
+
+@pytest.mark.django_db
+def test_command_adds_pseudo_query_groups_to_the_labelled_ones(papers_folder, tiny_cross_encoder, tmp_path, capsys):
+    call_command("train_reranker", "--dataset", str(papers_folder), "--split", "train", "--output", str(tmp_path / "model"),
+                 "--pseudo-queries", "2", "--base-model", str(tiny_cross_encoder), "--epochs", "1", "--group-size", "4",
+                 "--max-length", "64", "--max-query-tokens", "16", "--device", "cpu", "--threads", "1")
+
+    rows = [json.loads(row) for row in (tmp_path / "model-groups.jsonl").read_text().splitlines()]
+    assert [row["query_id"] for row in rows][0] == "q-aspirin" and "pseudo" not in rows[0]
+    assert len(rows) == 3 and all(row["pseudo"] and row["query_id"].startswith("pseudo:") for row in rows[1:])
+    record = json.loads((tmp_path / "model" / "reranker_training.json").read_text())
+    assert record["groups"] == 3 and record["pseudo_groups"] == 2
+    assert "2 pseudo-query groups" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_pseudo_queries_from_feedback_need_a_collection(tmp_path):
+    with pytest.raises(CommandError, match="--collection"):
+        call_command("train_reranker", "--from-feedback", "--output", str(tmp_path / "model"), "--pseudo-queries", "5")

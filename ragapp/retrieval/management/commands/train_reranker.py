@@ -50,28 +50,40 @@ class Command(BaseCommand):
                                  "Default: the folder that holds --output.")
         parser.add_argument("--depth", type=int, default=training_data.MINING_DEPTH,
                             help=f"Chunks retrieved per query (hybrid) to mine negatives from. Default: {training_data.MINING_DEPTH}.")
+        parser.add_argument("--pseudo-queries", type=int, default=0, metavar="N",
+                            help="Also train on up to N label-free groups from the collection's own documents: a document's "
+                                 "title as the query, its best chunk as the positive, other documents' chunks retrieved for "
+                                 "the title as negatives (titles cut from the passages). More data of the collection's kind "
+                                 "where labelled questions are few; never used for validation. With --from-feedback it "
+                                 "needs --collection. Default: 0.")
         parser.add_argument("--language", choices=[code for code, _ in SEARCH_LANGUAGES],
                             help="Text-search language of the collection when it is created (as for `evaluate`).")
         train.add_training_arguments(parser)
 
     def handle(self, *args, dataset, split, output, queries_path, holdout_fraction, split_seed, splits_dir,
-               depth, language, from_feedback, collection, **options):
+               depth, language, from_feedback, collection, pseudo_queries, **options):
         started = time.perf_counter()
         if dataset is not None and not dataset.is_dir():
             raise CommandError(f"{dataset} is not a folder. Point --dataset at a BEIR folder (corpus.jsonl, queries.jsonl, qrels/).")
         if dataset is not None and not split:
             raise CommandError("--dataset needs --split (the qrels file to train on, e.g. train).")
+        if pseudo_queries < 0:
+            raise CommandError(f"--pseudo-queries must be 0 or more, got {pseudo_queries}.")
+        if pseudo_queries and from_feedback and not collection:
+            raise CommandError("--pseudo-queries with --from-feedback needs --collection: the collection whose titles to use.")
         try:
             if from_feedback:
                 mined = self._feedback_groups(collection, depth)
+                source = self._collection_find(collection) if collection else None
             else:
                 data = self._training_queries(dataset, split, queries_path, holdout_fraction, split_seed,
                                               splits_dir or output.resolve().parent)
-                load = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus)
-                mined = training_data.training_groups_mine(dataset=data, collection=load.collection, depth=depth)
-            groups_path = self._groups_write(mined, output)
+                source = evaluation.beir_collection_load(dataset_dir=dataset, language=language, corpus=data.corpus).collection
+                mined = training_data.training_groups_mine(dataset=data, collection=source, depth=depth)
+            pseudo = self._pseudo_groups(source, pseudo_queries, depth, seed=options["seed"]) if pseudo_queries else []
+            groups_path = self._groups_write(mined, output, pseudo=pseudo)
             result = train.cross_encoder_train(
-                groups=[group.group for group in mined.groups], output=output,
+                groups=[group.group for group in [*mined.groups, *pseudo]], output=output,
                 base_model=options["base_model"] or train.default_base_model(),
                 options=train.training_options_from(options),
             )
@@ -82,19 +94,31 @@ class Command(BaseCommand):
 
     def _feedback_groups(self, collection_name: str | None, depth: int) -> training_data.MiningResult:
         from ragapp.answers.feedback import feedback_groups_mine
-        from ragapp.documents.models import Collection
 
-        collection = None
-        if collection_name:
-            collection = (Collection.objects.filter(slug=collection_name).first()
-                          or Collection.objects.filter(name=collection_name).first())
-            if collection is None:
-                raise CommandError(f"No collection named {collection_name!r}.")
+        collection = self._collection_find(collection_name) if collection_name else None
         mined = feedback_groups_mine(collection=collection, depth=depth)
         if not mined.groups:
             raise CommandError("No answer rated up that cites a passage yet: nothing to train on. "
                                "Users rate answers with the thumbs in the chat (or POST /api/v1/messages/ID/feedback/).")
         return mined
+
+    def _collection_find(self, name: str):
+        from ragapp.documents.models import Collection
+
+        collection = Collection.objects.filter(slug=name).first() or Collection.objects.filter(name=name).first()
+        if collection is None:
+            raise CommandError(f"No collection named {name!r}.")
+        return collection
+
+    def _pseudo_groups(self, collection, limit: int, depth: int, seed: int) -> list[training_data.MinedGroup]:
+        """Up to `limit` title pseudo-query groups of `collection`, said to the user."""
+        pseudo = training_data.pseudo_query_groups_mine(collection=collection, limit=limit, depth=depth, seed=seed)
+        self.stdout.write(f"Mined {len(pseudo.groups)} pseudo-query groups from the titles of {collection} in "
+                          f"{pseudo.seconds:.0f} s ({pseudo.positives_missed} titles did not retrieve their own document).")
+        if not pseudo.groups:
+            self.stdout.write(f"No document of {collection} has a usable title ({training_data.PSEUDO_TITLE_MIN_WORDS} words "
+                              "or more, other than its file name): training on the labelled groups alone.")
+        return pseudo.groups
 
     def _training_queries(self, dataset, split, queries_path, holdout_fraction, split_seed, splits_dir) -> evaluation.BeirDataset:
         """Read the dataset restricted to the training queries (writing the split files when asked)."""
@@ -111,16 +135,17 @@ class Command(BaseCommand):
                           f"{len(query_split.heldout_ids)} held out ({query_split.heldout_path}).")
         return evaluation.beir_dataset_read(dataset_dir=dataset, split=split, query_ids=query_split.train_ids)
 
-    def _groups_write(self, mined: training_data.MiningResult, output: Path) -> Path:
+    def _groups_write(self, mined: training_data.MiningResult, output: Path, pseudo: list[training_data.MinedGroup]) -> Path:
         path = output.resolve().parent / f"{output.resolve().name}-groups.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        train.training_groups_write(groups=(group.as_row() for group in mined.groups), path=path)
+        train.training_groups_write(groups=(group.as_row() for group in [*mined.groups, *pseudo]), path=path)
         negatives = sum(len(group.group.negatives) for group in mined.groups)
         self.stdout.write(
             f"Mined {len(mined.groups)} groups in {mined.seconds:.0f} s ({path}): {mined.positives_retrieved} relevant "
             f"documents retrieved, {mined.positives_missed} missed (all their chunks used), "
             f"{negatives / max(len(mined.groups), 1):.1f} negatives per query, "
             f"{mined.queries_without_negatives} queries without any."
+            + (f" The file also holds the {len(pseudo)} pseudo-query groups." if pseudo else "")
         )
         return path
 
