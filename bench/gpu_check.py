@@ -1,7 +1,8 @@
 """GPU check for the reranker: the base-size speed benchmark and a short fine-tuning run, as JSON.
 
 Runs on a GPU machine that has only torch, transformers and sentence-transformers and no
-internet, within about 5 minutes:
+internet, within about 5 minutes (about 2 more with the optional pseudo-query recipes, item 3;
+a 1,333 pairs/s H100 estimate, not yet measured):
 
 1. `bench/rerank.py` for the base size (768 x 12, random weights): pairs/s of our model path
    (bf16, length-sorted token-budget batches, tokenization included) against
@@ -27,18 +28,20 @@ What to bring, beside the repository (the `run` tool copies the working tree):
   index is reachable; pydantic-core is compiled: `--python-version` picks the GPU machine's
   Python, 3.12 by default); the script installs them with `pip install --no-index`.
 - optionally the pseudo-query groups: `--prepare --pseudo-groups PSEUDO.jsonl` compresses them to
-  .data/gpu/pseudo-groups.jsonl.xz (SciFact's 5,134 titles with 31 negatives each: ~MB_PSEUDO MB);
+  .data/gpu/pseudo-groups.jsonl.xz (SciFact's 5,106 usable titles with 31 negatives each: 115 MB, 3 MB in xz);
 - to score a held-out evaluation here: `manage.py evaluate ... --export-pairs .data/gpu/pairs.json.gz`
   (the hybrid candidates of the queries, ~3 MB); the script scores them with the trained model and
   writes $OUT/pair_scores.json.gz for `manage.py evaluate --reranker-scores`;
-- All of it comes to ~55 MB (MiniLM in bf16 45 MB, groups in xz 2 MB, pairs 3 MB, wheels 4 MB).
+- All of it comes to ~58 MB (MiniLM in bf16 45 MB, groups in xz 2 + 3 MB, pairs 3 MB, wheels 4 MB).
+  Carry those five paths, not the whole folder: the decompressed groups and trained models there are large.
 - Back come gpu_check.json, pair_scores.json.gz (pair_scores-mixed/-staged.json.gz for the other
   recipes) and the first recipe's trained model as trained.tar.part-NN
   (fp16, cut under the 16 MiB a returned file may have): `cat trained.tar.part-* | tar -x`.
 - The results print as JSON and go to $OUT/gpu_check.json when $OUT is set.
 
     .venv/bin/python bench/gpu_check.py --prepare          # here, once
-    python bench/gpu_check.py                              # on the GPU machine (carry .data/gpu)
+    python bench/gpu_check.py                              # on the GPU machine, carrying .data/gpu/{minilm,wheels,
+                                                           # groups.jsonl.xz,pseudo-groups.jsonl.xz,pairs.json.gz}
 """
 
 import argparse

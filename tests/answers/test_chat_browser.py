@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 from ragapp.answers.models import Feedback
 from tests.answers.scripted_generator import scripted_generator
@@ -89,4 +90,8 @@ def test_log_in_ask_see_the_answer_stream_open_a_citation_and_give_feedback(live
 
     assert page.url.startswith(f"{live_server.url}/chat/")
     feedback = Feedback.objects.get()
+    # With Playwright's sync API running, this query got a database connection of its own (Django
+    # keeps one per context) that no fixture sees: close it, else the test database cannot be
+    # dropped at the end of the run ("being accessed by other users").
+    connections.close_all()
     assert feedback.rating == 1 and feedback.comment == "Clear steps"
