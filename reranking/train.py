@@ -590,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reranking.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", required=True, type=Path, metavar="FILE.jsonl",
                         help='Training groups, one JSON object a line: {"query": str, "positives": [str], "negatives": [str]} '
-                             '(optional "positive_labels": [float in 0..1] for graded bce/mse targets).')
+                             '(optional "positive_labels": [float in 0..1] for graded bce/mse targets; "pseudo": true for a '
+                             'label-free group, trained on but never used for validation).')
     parser.add_argument("--output", required=True, type=Path, metavar="DIR",
                         help=f"Folder to save the model, its tokenizer and {TRAINING_RECORD} into.")
     add_training_arguments(parser)
