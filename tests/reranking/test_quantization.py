@@ -1,6 +1,10 @@
+import pytest
 import torch
 
 from reranking.quantization import TokenwiseInt8Linear, quantize_linears
+
+# These tests compare with PyTorch's stock dynamic quantization on purpose; it warns of its own deprecation.
+STOCK_PATH_WARNING_IGNORED = pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
 
 
 def _linear(seed=0, features=64):
@@ -22,6 +26,7 @@ def test_tokenwise_int8_is_close_to_float32():
     assert _relative_error(approx, linear(inputs)) < 0.02
 
 
+@STOCK_PATH_WARNING_IGNORED
 def test_each_token_keeps_its_own_range():
     # One token 1000x smaller than its neighbours: a range shared by the whole tensor would
     # round it to nothing; per-token ranges keep it as precise as the others.
@@ -38,6 +43,7 @@ def test_each_token_keeps_its_own_range():
     assert _relative_error(stock(inputs)[2:3], exact[2:3]) > 0.2
 
 
+@STOCK_PATH_WARNING_IGNORED
 def test_outlier_channels_hurt_less_than_with_stock_dynamic_quantization():
     # Fine-tuned BERTs have a few hidden channels 10-20x larger than the rest.
     linear = _linear(2)
