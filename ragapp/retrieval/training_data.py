@@ -22,7 +22,8 @@ other documents' chunks from the same hybrid top k are the negatives. Titles are
 start of every passage of these groups, else the model would learn to spot the copied title
 instead of reading the text. On a collection with few labelled questions this is several times
 more training data of the collection's own kind (as GPL and similar domain adaptation do with
-generated questions, here without a generator).
+generated questions, here without a generator). Whether it lifts quality is not settled: in a
+reduced CPU run on SciFact it did not; `bench/gpu_check.py` tries it at full scale.
 """
 
 import random

@@ -73,8 +73,8 @@ class Command(BaseCommand):
             raise CommandError("--pseudo-queries with --from-feedback needs --collection: the collection whose titles to use.")
         try:
             if from_feedback:
-                mined = self._feedback_groups(collection, depth)
                 source = self._collection_find(collection) if collection else None
+                mined = self._feedback_groups(source, depth)
             else:
                 data = self._training_queries(dataset, split, queries_path, holdout_fraction, split_seed,
                                               splits_dir or output.resolve().parent)
@@ -92,10 +92,10 @@ class Command(BaseCommand):
         self.stdout.write(train.training_summary(result))
         self.stdout.write(self._verdict(result, time.perf_counter() - started, groups_path))
 
-    def _feedback_groups(self, collection_name: str | None, depth: int) -> training_data.MiningResult:
+    def _feedback_groups(self, collection, depth: int) -> training_data.MiningResult:
+        """Groups from the answers rated up (in `collection`, or in every collection when None)."""
         from ragapp.answers.feedback import feedback_groups_mine
 
-        collection = self._collection_find(collection_name) if collection_name else None
         mined = feedback_groups_mine(collection=collection, depth=depth)
         if not mined.groups:
             raise CommandError("No answer rated up that cites a passage yet: nothing to train on. "
