@@ -54,6 +54,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_DIR = REPO_ROOT / ".data" / "gpu"
@@ -157,42 +158,65 @@ def groups_load(path: Path) -> list:
     return train.training_groups_read(path=path)
 
 
-def recipes(options) -> list[tuple[str, dict]]:
-    """(name, what to train) for each recipe this run tries; the first is the issue's recipe on the labelled groups.
+class Phase(NamedTuple):
+    """One training run of a recipe: these groups, for these epochs, with this validation fraction."""
+
+    groups: list
+    epochs: int
+    validation_fraction: float
+
+
+def recipes(options) -> list[tuple[str, list[Phase]]]:
+    """(name, phases) of each recipe this run tries; the first is the issue's recipe on the labelled groups.
 
     With pseudo-query groups (`manage.py train_reranker --pseudo-queries`, titles of the corpus as
     queries) two more: both kinds mixed, and pseudo-queries first with the labelled recipe after.
     """
     labelled = groups_load(options.groups)
-    plan = [("labelled", {"stages": [(labelled, options.epochs, options.validation_fraction)]})]
+    plan = [("labelled", [Phase(labelled, options.epochs, options.validation_fraction)])]
     if options.pseudo_groups.exists() and options.pseudo_limit:
         pseudo = groups_load(options.pseudo_groups)[:options.pseudo_limit]
         plan += [
-            ("mixed", {"stages": [([*labelled, *pseudo], options.pseudo_epochs, options.validation_fraction)]}),
-            ("staged", {"stages": [(pseudo, 1, 0.0), (labelled, options.epochs, options.validation_fraction)]}),
+            ("mixed", [Phase([*labelled, *pseudo], options.pseudo_epochs, options.validation_fraction)]),
+            ("staged", [Phase(pseudo, 1, 0.0), Phase(labelled, options.epochs, options.validation_fraction)]),
         ]
     return plan
 
 
-def fine_tune(stages: list, *, base_model: Path, output: Path, limit_groups: int | None) -> dict:
-    """Train each stage from the model the stage before saved; report every stage."""
+def recipes_run(options, report: dict) -> None:
+    """Train each recipe, score the exported pairs with it, and report both; a failure leaves the others to run."""
+    plan = stage(report, "recipes", lambda: recipes(options), describe=lambda plan: [name for name, _ in plan]) or []
+    for number, (name, phases) in enumerate(plan):
+        # The first recipe keeps the names earlier runs used: fine_tuning, pair_scores.json.gz, trained/.
+        suffix = "" if number == 0 else f"_{name}"
+        output = GPU_DIR / ("trained" if number == 0 else f"trained-{name}")
+        if stage(report, "fine_tuning" + suffix,
+                 lambda: fine_tune(phases, base_model=options.base_model, output=output, limit_groups=options.limit_groups)) is None:
+            continue
+        if options.pairs.exists():
+            scores_name = "pair_scores.json.gz" if number == 0 else f"pair_scores-{name}.json.gz"
+            stage(report, "pair_scores" + suffix, lambda: pairs_score(options.pairs, output, scores_name))
+        if number == 0:
+            stage(report, "trained_model_parts", lambda: trained_model_send(output))
+
+
+def fine_tune(phases: list[Phase], *, base_model: Path, output: Path, limit_groups: int | None) -> dict:
+    """Train each phase from the model the phase before saved; report every phase."""
     report, model = [], base_model
-    for number, (groups, epochs, validation_fraction) in enumerate(stages, start=1):
-        target = output if number == len(stages) else output.with_name(f"{output.name}-stage{number}")
-        report.append(fine_tune_stage(groups, base_model=model, output=target, epochs=epochs,
-                                      validation_fraction=validation_fraction, limit_groups=limit_groups))
+    for number, phase in enumerate(phases, start=1):
+        target = output if number == len(phases) else output.with_name(f"{output.name}-phase{number}")
+        report.append(fine_tune_phase(phase, base_model=model, output=target, limit_groups=limit_groups))
         model = target
-    return report[0] if len(report) == 1 else {"stages": report}
+    return report[0] if len(report) == 1 else {"phases": report}
 
 
-def fine_tune_stage(groups: list, *, base_model: Path, output: Path, epochs: int, validation_fraction: float,
-                    limit_groups: int | None) -> dict:
+def fine_tune_phase(phase: Phase, *, base_model: Path, output: Path, limit_groups: int | None) -> dict:
     from reranking import train
 
-    training = train.TrainingOptions(loss="infonce", epochs=epochs, learning_rate=8e-5, group_size=16,
+    training = train.TrainingOptions(loss="infonce", epochs=phase.epochs, learning_rate=8e-5, group_size=16,
                                      batch_groups=8, max_length=384, max_query_tokens=64, limit_groups=limit_groups,
-                                     validation_fraction=validation_fraction)
-    result = train.cross_encoder_train(groups=groups, base_model=str(base_model), output=output,
+                                     validation_fraction=phase.validation_fraction)
+    result = train.cross_encoder_train(groups=phase.groups, base_model=str(base_model), output=output,
                                        options=training, progress=False)
     return {"groups": result.groups, "pseudo_groups": result.pseudo_groups, "steps": result.steps, "pairs": result.pairs,
             "seconds": round(result.seconds, 1),
@@ -252,17 +276,18 @@ def trained_model_send(folder: Path, part_bytes: int = 15 * 2**20) -> list[str]:
     return names
 
 
-def stage(report: dict, name: str, run) -> bool:
-    """report[name] = run(), or the error's traceback when it fails; True when it ran."""
+def stage(report: dict, name: str, run, describe=lambda result: result):
+    """report[name] = describe(run()), or the error's traceback when it fails; run()'s result, None on failure."""
     import traceback
 
     try:
-        report[name] = run()
-        return True
+        result = run()
     except Exception:  # noqa: BLE001 - reported in the JSON
         report[name] = {"error": traceback.format_exc()}
         print(report[name]["error"], file=sys.stderr)
-        return False
+        return None
+    report[name] = describe(result)
+    return result
 
 
 def output_path(name: str) -> Path:
@@ -318,19 +343,8 @@ def main(argv=None) -> None:
     # One stage's failure is reported and the others still run: a GPU lease is too short to rerun everything.
     if not options.skip_speed:
         stage(report, "speed", lambda: speed(options))
-    if not options.skip_training and stage(report, "recipes", lambda: {name: plan for name, plan in recipes(options)}):
-        for number, (name, plan) in enumerate(report.pop("recipes").items()):
-            # The first recipe keeps the names earlier runs used: fine_tuning, pair_scores.json.gz, trained/.
-            suffix = "" if number == 0 else f"_{name}"
-            output = GPU_DIR / ("trained" if number == 0 else f"trained-{name}")
-            if not stage(report, "fine_tuning" + suffix, lambda: fine_tune(plan["stages"], base_model=options.base_model,
-                                                                           output=output, limit_groups=options.limit_groups)):
-                continue
-            if options.pairs.exists():
-                scores_name = "pair_scores.json.gz" if number == 0 else f"pair_scores-{name}.json.gz"
-                stage(report, "pair_scores" + suffix, lambda: pairs_score(options.pairs, output, scores_name))
-            if number == 0:
-                stage(report, "trained_model_parts", lambda: trained_model_send(output))
+    if not options.skip_training:
+        recipes_run(options, report)
     report["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2)
     print(text)
