@@ -36,7 +36,7 @@ What to bring, beside the repository (the `run` tool copies the working tree):
   (the hybrid candidates of the queries, ~3 MB); the script scores them with the trained model and
   writes $OUT/pair_scores.json.gz for `manage.py evaluate --reranker-scores`;
 - All of it comes to ~58 MB (MiniLM in bf16 45 MB, groups in xz 2 + 3 MB, pairs 3 MB, wheels 4 MB).
-  Carry those five paths, not the whole folder: the decompressed groups and trained models there are large.
+  Carry those five paths, not the whole folder: trained models from earlier runs may be there.
 - Back come gpu_check.json, pair_scores.json.gz (pair_scores-mixed/-staged.json.gz for the other
   recipes) and the first recipe's trained model as trained.tar.part-NN
   (fp16, cut under the 16 MiB a returned file may have): `cat trained.tar.part-* | tar -x`.
@@ -149,18 +149,6 @@ def speed(options) -> dict:
     return result
 
 
-def groups_load(path: Path) -> list:
-    """Training groups from JSONL, xz-compressed or not."""
-    from reranking import train
-
-    if path.suffix == ".xz":
-        plain = GPU_DIR / path.stem
-        with lzma.open(path, "rb") as source, plain.open("wb") as target:
-            shutil.copyfileobj(source, target)
-        path = plain
-    return train.training_groups_read(path=path)
-
-
 class Phase(NamedTuple):
     """One training run of a recipe: these groups, for these epochs, with this validation fraction."""
 
@@ -175,10 +163,12 @@ def recipes(options) -> list[tuple[str, list[Phase]]]:
     With pseudo-query groups (`manage.py train_reranker --pseudo-queries`, titles of the corpus as
     queries) two more: both kinds mixed, and pseudo-queries first with the labelled recipe after.
     """
-    labelled = groups_load(options.groups)
+    from reranking import train
+
+    labelled = train.training_groups_read(path=options.groups)
     plan = [("labelled", [Phase(labelled, options.epochs, options.validation_fraction)])]
     if options.pseudo_groups.exists() and options.pseudo_limit:
-        pseudo = groups_load(options.pseudo_groups)[:options.pseudo_limit]
+        pseudo = train.training_groups_read(path=options.pseudo_groups)[:options.pseudo_limit]
         plan += [
             ("mixed", [Phase([*labelled, *pseudo], options.pseudo_epochs, options.validation_fraction)]),
             ("staged", [Phase(pseudo, 1, 0.0), Phase(labelled, options.epochs, options.validation_fraction)]),

@@ -23,13 +23,14 @@ No Django here: the app mines the groups (`ragapp.retrieval.training_data`) and 
 import argparse
 import contextlib
 import json
+import lzma
 import math
 import os
 import random
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 LOSSES = ("infonce", "bce", "mse")
@@ -53,6 +54,9 @@ class TrainingGroup:
     # Mined without labels (a pseudo-query, e.g. a document's title): trained on, never used to
     # validate, since validation must say how the model ranks real questions.
     pseudo: bool = False
+
+
+GROUP_DEFAULTS = {field.name: field.default for field in fields(TrainingGroup) if field.default is not MISSING}
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,13 @@ class StepGroup:
 
 
 def training_groups_read(*, path: Path) -> list[TrainingGroup]:
-    """Read groups from JSONL: one {"query", "positives", "negatives"[, "positive_labels", "pseudo"]} a line."""
+    """Read groups from JSONL: one {"query", "positives", "negatives"[, "positive_labels", "pseudo"]} a line.
+
+    A path ending in .xz is read through xz (groups travel compressed: their hard negatives recur).
+    """
+    opener = lzma.open if Path(path).suffix == ".xz" else open
     groups = []
-    with Path(path).open(encoding="utf-8") as handle:
+    with opener(path, "rt", encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if line.strip():
                 groups.append(_group_from_row(json.loads(line), f"{path}, line {line_number}"))
@@ -137,8 +145,8 @@ def training_groups_write(*, groups: Iterable[TrainingGroup | dict], path: Path)
     with Path(path).open("w", encoding="utf-8") as handle:
         for group in groups:
             row = asdict(group) if isinstance(group, TrainingGroup) else group
-            # Defaults stay out of the file: a row of a plain labelled group reads as it always did.
-            row = {key: value for key, value in row.items() if value is not None and not (key == "pseudo" and not value)}
+            # Fields left at their defaults stay out of the file: a plain labelled group's row reads as it always did.
+            row = {key: value for key, value in row.items() if value is not None and value != GROUP_DEFAULTS.get(key)}
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
