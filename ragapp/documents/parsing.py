@@ -13,6 +13,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from io import BytesIO
 
 import docx
@@ -34,6 +35,7 @@ from ragapp.documents.errors import (
     EncryptedFile,
     TextEncodingError,
     UnsupportedFileType,
+    archive_too_large,
     file_too_large,
 )
 
@@ -159,10 +161,21 @@ def detect_content_type(data: bytes, *, filename: str = "") -> str:
     return _text_content_type(_text_sniff(data), filename=filename)
 
 
-def document_parse(data: bytes, *, filename: str = "", max_bytes: int | None = None) -> ParsedDocument:
-    """Detect the type and parse; raise a DocumentError subclass with a plain reason on bad input."""
-    if max_bytes is not None and len(data) > max_bytes:
-        raise file_too_large(len(data), max_bytes)  # the same words as the upload check in services
+@dataclass(frozen=True)
+class ParseLimits:
+    """How much one file may hold: its own size, and what a ZIP-based file (DOCX) expands to."""
+
+    max_bytes: int
+    max_expanded_bytes: int
+    max_archive_members: int
+
+
+def document_parse(data: bytes, *, filename: str = "", limits: ParseLimits | None = None) -> ParsedDocument:
+    """Detect the type and parse; raise a DocumentError subclass with a plain reason on bad input.
+
+    With `limits`, a file over them is refused before any parser reads it."""
+    if limits is not None:
+        _limits_check(data, limits)
     if not data:
         raise EmptyDocument("The file is empty: upload a copy that contains text.")
     content_type = detect_content_type(data, filename=filename)
@@ -170,6 +183,24 @@ def document_parse(data: bytes, *, filename: str = "", max_bytes: int | None = N
     if not document.sections:
         raise EmptyDocument("The file contains no text to index: check that you uploaded the right file.")
     return document
+
+
+def _limits_check(data: bytes, limits: ParseLimits) -> None:
+    """Refuse a file over the size limit, or an archive that would unpack to more than the limits allow."""
+    if len(data) > limits.max_bytes:
+        raise file_too_large(len(data), limits.max_bytes)  # the same words as the upload check in services
+    if not data.startswith(ZIP_SIGNATURES):
+        return
+    try:
+        with zipfile.ZipFile(BytesIO(data)) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile:
+        return  # detection names the damage
+    # Reading a member stops at its declared size (zipfile checks it), so the directory's
+    # sizes bound what the parsers can unpack, whatever the compressed data really holds.
+    expanded = sum(member.file_size for member in members)
+    if expanded > limits.max_expanded_bytes or len(members) > limits.max_archive_members:
+        raise archive_too_large(expanded_bytes=expanded, members=len(members), limits=limits)
 
 
 # Detection

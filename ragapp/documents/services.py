@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -55,10 +55,11 @@ def document_create(*, collection: Collection, file: File, uploaded_by=None, tit
 
     A file whose bytes are already in the collection is not stored again: the existing
     document is returned with created=False. A file over the size limit is kept as a
-    failed document (without its bytes) so the administrator sees why.
+    failed document (without its bytes) so the administrator sees why; a later upload of
+    the same name or bytes takes its place.
     """
     sha256 = _file_sha256(file)
-    existing = Document.objects.filter(collection=collection, sha256=sha256).first()
+    existing = Document.objects.filter(collection=collection, sha256=sha256).exclude(file="").first()
     if existing is not None:
         return existing, False
     filename = Path(file.name or "upload").name
@@ -66,15 +67,24 @@ def document_create(*, collection: Collection, file: File, uploaded_by=None, tit
         collection=collection, title=title or Path(filename).stem, original_filename=filename,
         size_bytes=file.size, sha256=sha256, uploaded_by=uploaded_by, external_id=external_id,
     )
-    if file.size > settings.MAX_UPLOAD_BYTES:
-        _mark_failed(document, file_too_large(file.size, settings.MAX_UPLOAD_BYTES))
+    with transaction.atomic():
+        _refused_uploads(collection=collection, filename=filename, sha256=sha256).delete()
+        if file.size > settings.MAX_UPLOAD_BYTES:
+            _mark_failed(document, file_too_large(file.size, settings.MAX_UPLOAD_BYTES))
+            document.save()
+            return document, True
+        document.file.save(filename, file, save=False)
         document.save()
-        return document, True
-    document.file.save(filename, file, save=False)
-    document.save()
     if queue:
         _queue_ingestion(document)
     return document, True
+
+
+def _refused_uploads(*, collection: Collection, filename: str, sha256: str):
+    """Documents refused at upload (no bytes kept) that an upload of this name or content replaces."""
+    return Document.objects.filter(collection=collection, file="").filter(
+        models.Q(original_filename=filename) | models.Q(sha256=sha256)
+    )
 
 
 def _file_sha256(file: File) -> str:
@@ -101,12 +111,16 @@ def _defer_ingestion(document_id: int) -> None:
         pass  # a job for this document is already waiting: it will read the current file
 
 
-def document_reingest(*, document: Document) -> None:
-    """Queue a document for ingestion again; its current chunks stay until the new ones are stored."""
+def document_reingest(*, document: Document) -> bool:
+    """Queue a document for ingestion again; its current chunks stay until the new ones are stored.
+
+    Returns False, changing nothing, for a document whose file was refused at upload: there is
+    nothing stored to read again, only a new upload helps."""
     if not document.file:
-        return  # nothing stored to re-read: the file was refused at upload
+        return False
     Document.objects.filter(pk=document.pk).update(status=Status.QUEUED, progress=0, error="")
     _queue_ingestion(document)
+    return True
 
 
 def document_delete(*, document: Document) -> None:
@@ -135,7 +149,7 @@ def _ingest(document: Document) -> None:
     _set_progress(document, Status.PARSING, 5)
     with document.file.open("rb") as stored:
         data = stored.read()
-    parsed = parsing.document_parse(data, filename=document.original_filename, max_bytes=settings.MAX_UPLOAD_BYTES)
+    parsed = parsing.document_parse(data, filename=document.original_filename, limits=_parse_limits())
     Document.objects.filter(pk=document.pk).update(content_type=parsed.content_type)
     _set_progress(document, Status.CHUNKING, 15)
     drafts = chunking.document_chunk(
@@ -146,6 +160,13 @@ def _ingest(document: Document) -> None:
     _set_progress(document, Status.EMBEDDING, 20)
     vectors = _embed_with_progress(document, [draft.text for draft in drafts])
     chunks_store(document=document, drafts=drafts, vectors=vectors)
+
+
+def _parse_limits() -> parsing.ParseLimits:
+    return parsing.ParseLimits(
+        max_bytes=settings.MAX_UPLOAD_BYTES, max_expanded_bytes=settings.MAX_EXPANDED_BYTES,
+        max_archive_members=settings.MAX_ARCHIVE_MEMBERS,
+    )
 
 
 def _embed_with_progress(document: Document, texts: list[str]):

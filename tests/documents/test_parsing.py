@@ -1,23 +1,12 @@
 """Tests for ragapp.documents.parsing: type detection, each format's parser, and plain failure reasons."""
 
-import io
 import logging
 import random
-import zipfile
 
-import docx
 import pytest
-from PIL import Image
-from pypdf import PdfWriter
-from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import getSampleStyleSheet
-from reportlab.lib.utils import ImageReader
-from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-from reportlab.pdfgen import canvas
-from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate
 
 from ragapp.documents.errors import (
+    ArchiveTooLarge,
     CorruptFile,
     EmptyDocument,
     EncryptedFile,
@@ -31,86 +20,22 @@ from ragapp.documents.parsing import (
     MARKDOWN,
     PDF,
     PLAIN_TEXT,
+    ParseLimits,
     detect_content_type,
     document_parse,
 )
 
+from tests.documents.files import (
+    docx_bytes,
+    docx_with_body,
+    pdf_bytes,
+    pdf_chinese,
+    pdf_encrypted,
+    pdf_image_only,
+    zip_bytes,
+)
+
 LONG_PARAGRAPH = " ".join(["Retrieval augmented generation grounds answers in indexed documents."] * 6)
-
-# Fixtures built in memory
-
-
-def pdf_bytes(pages: list[list[str]], *, title: str | None = None) -> bytes:
-    """Build a PDF with one page per list of paragraphs, the first paragraph styled as a heading."""
-    styles = getSampleStyleSheet()
-    story = []
-    for page_number, paragraphs in enumerate(pages):
-        if page_number:
-            story.append(PageBreak())
-        story.append(Paragraph(paragraphs[0], styles["Heading1"]))
-        story.extend(Paragraph(text, styles["Normal"]) for text in paragraphs[1:])
-    buffer = io.BytesIO()
-    document_template = SimpleDocTemplate(buffer, pagesize=A4, **({"title": title} if title else {}))
-    document_template.build(story)
-    return buffer.getvalue()
-
-
-def pdf_encrypted(data: bytes, *, user_password: str, owner_password: str | None = None) -> bytes:
-    """Return a copy of a PDF encrypted with the given passwords."""
-    writer = PdfWriter(clone_from=io.BytesIO(data))
-    writer.encrypt(user_password, owner_password=owner_password)
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return buffer.getvalue()
-
-
-def pdf_image_only() -> bytes:
-    """Build a PDF whose only page is a picture, like a scan without OCR."""
-    image = Image.new("RGB", (60, 40), color=(200, 30, 30))
-    buffer = io.BytesIO()
-    page = canvas.Canvas(buffer)
-    page.drawImage(ImageReader(image), 72, 600, width=300, height=200)
-    page.showPage()
-    page.save()
-    return buffer.getvalue()
-
-
-def pdf_chinese() -> bytes:
-    """Build a one-page PDF of Chinese text in a CJK font."""
-    pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
-    buffer = io.BytesIO()
-    page = canvas.Canvas(buffer)
-    page.setFont("STSong-Light", 12)
-    page.drawString(72, 720, "检索增强生成的中文文本")
-    page.save()
-    return buffer.getvalue()
-
-
-def docx_bytes(*, title: str = "") -> bytes:
-    """Build a Word document with nested headings, body text and a table."""
-    document = docx.Document()
-    document.core_properties.title = title
-    document.add_heading("Installation", level=1)
-    document.add_paragraph("Run   the installer\tas an administrator.")
-    document.add_heading("Requirements", level=2)
-    document.add_paragraph("A 64-bit operating system.")
-    table = document.add_table(rows=2, cols=2)
-    for row, (name, value) in zip(table.rows, [("Memory", "8 GB"), ("Disk", "20 GB")]):
-        row.cells[0].text, row.cells[1].text = name, value
-    document.add_heading("Usage", level=1)
-    document.add_paragraph("Open the app.")
-    buffer = io.BytesIO()
-    document.save(buffer)
-    return buffer.getvalue()
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    """Build a ZIP archive holding the given members."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
 
 
 def section_summaries(document) -> list[tuple[str, int | None, tuple[str, ...], bool]]:
@@ -243,11 +168,21 @@ def test_pdf_chinese_text_is_kept():
     assert document.sections[0].text == "检索增强生成的中文文本"
 
 
-def test_pdf_encrypted_with_a_password_asks_for_an_unencrypted_copy():
-    data = pdf_encrypted(pdf_bytes([["Heading", "Secret body."]]), user_password="secret")
+@pytest.mark.parametrize("algorithm", [None, "AES-128", "AES-256"])
+def test_pdf_encrypted_with_a_password_asks_for_an_unencrypted_copy(algorithm):
+    data = pdf_encrypted(pdf_bytes([["Heading", "Secret body."]]), user_password="secret", algorithm=algorithm)
 
     with pytest.raises(EncryptedFile, match="encrypted.*upload an unencrypted copy"):
         document_parse(data)
+
+
+@pytest.mark.parametrize("algorithm", ["RC4-128", "AES-256"])
+def test_pdf_with_only_an_owner_password_is_read(algorithm):
+    # Anyone may open it (the empty user password); the owner password only guards editing.
+    data = pdf_encrypted(pdf_bytes([["Heading", "Open body."]]), user_password="", owner_password="owner",
+                         algorithm=algorithm)
+
+    assert "Open body." in document_parse(data).text
 
 
 @pytest.mark.parametrize(
@@ -472,16 +407,51 @@ def test_text_not_in_utf8_asks_to_save_as_utf8(encoding):
 # Sizes and empty files
 
 
+MEGABYTE = 1024 * 1024
+
+
+def limits(*, max_bytes: int = 50 * MEGABYTE, max_expanded_bytes: int = 200 * MEGABYTE,
+           max_archive_members: int = 5000) -> ParseLimits:
+    return ParseLimits(max_bytes=max_bytes, max_expanded_bytes=max_expanded_bytes,
+                       max_archive_members=max_archive_members)
+
+
 def test_oversize_file_reports_its_size_and_the_limit_in_mb():
-    data = b"a" * (2 * 1024 * 1024)
+    data = b"a" * (2 * MEGABYTE)
 
     expected_reason = r"The file is 2\.0 MB, over the 1 MB limit.*Split it into smaller files"
     with pytest.raises(FileTooLarge, match=expected_reason):
-        document_parse(data, filename="big.txt", max_bytes=1024 * 1024)
+        document_parse(data, filename="big.txt", limits=limits(max_bytes=MEGABYTE))
 
 
 def test_file_at_the_size_limit_is_accepted():
-    assert document_parse(b"a" * 100, max_bytes=100).text == "a" * 100
+    assert document_parse(b"a" * 100, limits=limits(max_bytes=100)).text == "a" * 100
+
+
+def test_docx_that_expands_past_the_limit_is_refused_unread():
+    paragraph = b"<w:p><w:r><w:t>" + b"bomb " * 20 + b"</w:t></w:r></w:p>"
+    data = docx_with_body(paragraph, repeats=20_000)  # about 2.7 MB of XML in a few kB
+
+    with pytest.raises(ArchiveTooLarge, match=r"The file expands to more than 1 MB .*\(3 MB\).*MAX_EXPANDED_MB"):
+        document_parse(data, filename="bomb.docx", limits=limits(max_expanded_bytes=MEGABYTE))
+    assert "bomb" in document_parse(data, filename="bomb.docx", limits=limits()).text  # within the limit it reads
+
+
+def test_archive_with_too_many_parts_is_refused_unread():
+    data = zip_bytes({"word/document.xml": docx_bytes(), **{f"word/media/{n}.bin": b"" for n in range(30)}})
+
+    with pytest.raises(ArchiveTooLarge, match="archive of 31 parts, more than the 20 allowed.*MAX_ARCHIVE_MEMBERS"):
+        document_parse(data, filename="many.docx", limits=limits(max_archive_members=20))
+
+
+def test_archive_whose_directory_understates_a_part_cannot_unpack_more_than_it_declares():
+    # The sizes checked are the directory's; zipfile stops reading a part at its declared size.
+    data = bytearray(zip_bytes({"word/document.xml": b"<w:document/>" + b" " * 1_000_000}))
+    real_size = (1_000_013).to_bytes(4, "little")
+    data = bytes(data.replace(real_size, (100).to_bytes(4, "little")))
+
+    with pytest.raises(CorruptFile, match="damaged"):
+        document_parse(data, filename="liar.docx", limits=limits(max_expanded_bytes=1000))
 
 
 def test_empty_file_asks_for_a_copy_with_text():

@@ -1,0 +1,46 @@
+"""Request bodies are bounded before anything reads them, with each client's own error shape."""
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+
+MEGABYTE = 1024 * 1024
+
+
+class RequestSizeLimitMiddleware:
+    """Refuse a body over its limit from its Content-Length, before the CSRF check or a view reads it.
+
+    Uploads (multipart) may hold MAX_REQUEST_BYTES, every other body DATA_UPLOAD_MAX_MEMORY_SIZE.
+    A body sent without a length (chunked) is not read at all by Django's WSGI handler."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return error_response(request, 400, "The Content-Length header is not a number.", "bad_request")
+        limit = body_limit(request)
+        if length > limit:
+            return error_response(request, 413, (
+                f"The request body is {length / MEGABYTE:.1f} MB, over the {limit / MEGABYTE:.0f} MB limit. "
+                + ("Upload fewer or smaller files at a time, or raise MAX_REQUEST_MB."
+                   if request.content_type == "multipart/form-data" else "Send a smaller body.")
+            ), "request_too_large")
+        return self.get_response(request)
+
+
+def body_limit(request) -> int:
+    if request.content_type == "multipart/form-data":
+        return settings.MAX_REQUEST_BYTES
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def error_response(request, status: int, message: str, error_type: str) -> HttpResponse:
+    """The error in the shape the caller reads: OpenAI's under /v1/, ours under /api/, plain text elsewhere."""
+    if request.path.startswith("/v1/"):
+        return JsonResponse({"error": {"message": message, "type": "invalid_request_error", "code": error_type}},
+                            status=status)
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": message, "error_type": error_type}, status=status)
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
