@@ -23,6 +23,13 @@ class CollectionAdmin(admin.ModelAdmin):
     filter_horizontal = ["readers", "reader_groups"]
     search_fields = ["name"]
 
+    def get_readonly_fields(self, request, collection=None):
+        # Chunks keep the language they were indexed in: a new one would read questions differently
+        # from the stored text, and full-text recall would drop without a word (the help text says so).
+        if collection is not None and collection.documents.exists():
+            return [*super().get_readonly_fields(request, collection), "language"]
+        return super().get_readonly_fields(request, collection)
+
     def get_queryset(self, request):
         # Staff who are not superusers see only the collections they may read (the same rule as search).
         readable = super().get_queryset(request).filter(pk__in=readable_collections(request.user).values("pk"))
@@ -74,20 +81,27 @@ class DocumentAdmin(admin.ModelAdmin):
     def _create_from_upload(self, request, collection, file):
         document, created = document_create(collection=collection, file=file, uploaded_by=request.user)
         if not created:
-            self.message_user(request, f"{file.name} is already in {collection} as “{document.title}”; not stored twice.", messages.WARNING)
+            # Quoted: the admin capitalises a message's first letter, which would change the name.
+            self.message_user(request, f"“{file.name}” is already in {collection} as “{document.title}”; not stored twice.", messages.WARNING)
         elif document.status == Document.Status.FAILED:
-            self.message_user(request, f"{file.name}: {document.error}", messages.ERROR)
+            self.message_user(request, f"“{file.name}”: {document.error}", messages.ERROR)
         else:
-            self.message_user(request, f"{file.name} queued for ingestion.", messages.SUCCESS)
+            self.message_user(request, f"“{file.name}” queued for ingestion.", messages.SUCCESS)
 
     def delete_model(self, request, document):
         document_delete(document=document)
 
     @admin.action(description="Re-ingest selected documents")
     def reingest_selected(self, request, queryset):
-        for document in queryset:
-            document_reingest(document=document)
-        self.message_user(request, f"{queryset.count()} document(s) queued for re-ingestion.", messages.SUCCESS)
+        refused = [document.original_filename for document in queryset if not document_reingest(document=document)]
+        queued = queryset.count() - len(refused)
+        if queued:
+            self.message_user(request, f"{queued} document(s) queued for re-ingestion.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, (
+                f"Not re-ingested: {', '.join(refused)}. Their files were refused at upload, so nothing was kept to "
+                "read again: upload them again (a new upload of the same name replaces the refused entry)."
+            ), messages.WARNING)
 
     @admin.action(description="Delete selected documents and their chunks", permissions=["delete"])
     def delete_selected_documents(self, request, queryset):

@@ -49,7 +49,8 @@ class Collection(models.Model):
     slug = models.SlugField(max_length=200, unique=True)
     language = models.CharField(
         max_length=20, choices=SEARCH_LANGUAGES, default="english",
-        help_text="Text-search language for full-text retrieval.",
+        help_text="Text-search language for full-text retrieval. Fixed once the collection has documents, "
+                  "since their text was indexed in it: for another language, create a new collection.",
     )
     reranking_enabled = models.BooleanField(default=True)
     rerank_fusion_weight = models.FloatField(
