@@ -16,6 +16,7 @@ API_KEY_HINT = "Use an API token of this server as the API key (create one in th
 
 
 def api_exception_handler(exception, context):
+    """Errors of the REST API (/api/v1/): DRF's EXCEPTION_HANDLER."""
     described = _described(exception, context)
     if described is None:
         return None
@@ -26,6 +27,7 @@ def api_exception_handler(exception, context):
 
 
 def openai_exception_handler(exception, context):
+    """Errors of the OpenAI-compatible views (/v1/), which name it as their handler."""
     described = _described(exception, context)
     if described is None:
         return None
