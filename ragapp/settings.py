@@ -1,6 +1,7 @@
 """Django settings: the one place that reads the environment (see README, Configuration)."""
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -67,6 +68,34 @@ def secret_key() -> str:
 SECRET_KEY = secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+
+def proxy_ssl_header() -> tuple[str, str] | None:
+    """Return SECURE_PROXY_SSL_HEADER from `HEADER,VALUE`: the header a TLS proxy sets, and its value on HTTPS."""
+    raw = env_str("SECURE_PROXY_SSL_HEADER")
+    if not raw:
+        return None
+    match = re.fullmatch(r"([A-Za-z0-9_-]+)\s*,\s*([^,\s]+)", raw)
+    if match is None:
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER must be HEADER,VALUE, the header your TLS proxy sets and its value on "
+            f"HTTPS requests, e.g. X-Forwarded-Proto,https; got {raw!r}."
+        )
+    # Django compares with request.META, where X-Forwarded-Proto arrives as HTTP_X_FORWARDED_PROTO.
+    header, value = match.groups()
+    name = header.upper().replace("-", "_")
+    return (name if name.startswith("HTTP_") else f"HTTP_{name}", value)
+
+
+# Serving over HTTPS: all off by default, which suits the embedded default on http://127.0.0.1.
+# With them set as the README says, `manage.py check --deploy` finds nothing.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header()
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -11,10 +11,12 @@ import time
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.decorators import api_view
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from ragapp.answers.services import AnswerError, collection_for_reader, fallback_text, primed, question_answer_stream
+from ragapp.answers.services import collection_for_reader, fallback_text, primed, question_answer_stream
+from ragapp.api.errors import openai_error, openai_exception_handler
 from ragapp.core.streaming import unbuffered_stream
 from ragapp.retrieval.selectors import readable_collections
 
@@ -35,10 +37,6 @@ class ChatCompletionRequest(serializers.Serializer):
     stream_options = StreamOptions(required=False)
 
 
-def openai_error(message: str, *, status: int, error_type: str = "invalid_request_error", code: str | None = None):
-    return Response({"error": {"message": message, "type": error_type, "code": code}}, status=status)
-
-
 def message_text(content) -> str:
     if isinstance(content, str):
         return content
@@ -47,42 +45,57 @@ def message_text(content) -> str:
     return ""
 
 
-@extend_schema(responses={200: dict}, description="The collections you may ask, listed as models.")
-@api_view(["GET"])
-def models_list(request):
-    data = [{"id": collection.slug, "object": "model", "created": int(collection.created_at.timestamp()),
-             "owned_by": "ragapp", "name": collection.name} for collection in readable_collections(request.user)]
-    return Response({"object": "list", "data": data})
+class OpenAIView(APIView):
+    """Every error in OpenAI's shape, DRF's own included (401, 405, invalid JSON): clients show its message."""
+
+    def get_exception_handler(self):
+        return openai_exception_handler
 
 
-@extend_schema(request=ChatCompletionRequest, responses={200: dict},
-               description="Chat completions answered by the RAG pipeline; citations in an extra `citations` field.")
-@api_view(["POST"])
-def chat_completions(request):
-    body = ChatCompletionRequest(data=request.data)
-    if not body.is_valid():
-        return openai_error(_first_error(body.errors), status=400)
-    data = body.validated_data
-    turns = [(m["role"], message_text(m["content"])) for m in data["messages"] if m["role"] in ("user", "assistant")]
-    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
-        return openai_error("The last message must be the user's question, with text.", status=400)
-    try:
+class ModelList(OpenAIView):
+    @extend_schema(responses={200: dict}, description="The collections you may ask, listed as models.")
+    def get(self, request):
+        data = [{"id": collection.slug, "object": "model", "created": int(collection.created_at.timestamp()),
+                 "owned_by": "ragapp", "name": collection.name} for collection in readable_collections(request.user)]
+        return Response({"object": "list", "data": data})
+
+
+class ChatCompletions(OpenAIView):
+    @extend_schema(request=ChatCompletionRequest, responses={200: dict},
+                   description="Chat completions answered by the RAG pipeline; citations in an extra `citations` field.")
+    def post(self, request):
+        body = ChatCompletionRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        turns = [(m["role"], message_text(m["content"])) for m in data["messages"] if m["role"] in ("user", "assistant")]
+        if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
+            return openai_error("The last message must be the user's question, with text.", status=400, param="messages")
         collection = collection_for_reader(user=request.user, reference=data["model"])
         events = primed(question_answer_stream(user=request.user, question=turns[-1][1], collection=collection,
                                                history=turns[:-1]))
-    except AnswerError as error:
-        return openai_error(str(error), status=error.status, code="model_not_found" if error.status == 404 else None)
-    completion_id, created = f"chatcmpl-{next(events)['question_message']}", int(time.time())
-    if data["stream"]:
-        include_usage = data.get("stream_options", {}).get("include_usage", False)
-        return _stream(events, completion_id, created, collection.slug, include_usage=include_usage)
-    *_, done = events
-    answer = done["answer"] if done["generated"] else fallback_text(done)
-    return Response({
-        "id": completion_id, "object": "chat.completion", "created": created, "model": collection.slug,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-        **_usage_field(done), "citations": done["citations"], "rag": _rag_fields(done),
-    })
+        completion_id, created = f"chatcmpl-{next(events)['question_message']}", int(time.time())
+        if data["stream"]:
+            include_usage = data.get("stream_options", {}).get("include_usage", False)
+            return _stream(events, completion_id, created, collection.slug, include_usage=include_usage)
+        *_, done = events
+        answer = done["answer"] if done["generated"] else fallback_text(done)
+        return Response({
+            "id": completion_id, "object": "chat.completion", "created": created, "model": collection.slug,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            **_usage_field(done), "citations": done["citations"], "rag": _rag_fields(done),
+        })
+
+
+class UnknownEndpoint(OpenAIView):
+    """Any other path under /v1/: OpenAI's 404 instead of Django's HTML page, with or without a key."""
+
+    authentication_classes, permission_classes = [], []
+    schema = None  # not an endpoint to document
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        raise NotFound(f"Invalid URL ({request.method} {request.path}): this server answers POST /v1/chat/completions "
+                       "and GET /v1/models.")
 
 
 def _stream(events, completion_id: str, created: int, model: str, *, include_usage: bool):
@@ -122,9 +135,3 @@ def _usage_field(done: dict) -> dict:
 def _rag_fields(done: dict) -> dict:
     keys = ("generated", "notice", "reranked", "standalone_question", "cited", "invalid_citations", "timings", "message")
     return {key: done[key] for key in keys}
-
-
-def _first_error(errors) -> str:
-    field, problems = next(iter(errors.items()))
-    detail = problems[0] if isinstance(problems, list) and problems else problems
-    return f"{field}: {detail}"

@@ -45,9 +45,22 @@ class AnswerSerializer(serializers.Serializer):
 
 
 class SearchRequest(serializers.Serializer):
-    query = serializers.CharField(max_length=4000)
+    question = serializers.CharField(max_length=4000, required=False,
+                                     help_text="What to search for, as `question` is for ask. Required (or `query`).")
+    query = serializers.CharField(max_length=4000, required=False,
+                                  help_text="The former name of `question`, still accepted; give one of the two, not both.")
     collection = serializers.CharField(help_text="Collection id, slug or name.")
     top_n = serializers.IntegerField(required=False, min_value=1, max_value=100)
+
+    def validate(self, data):
+        """Read `query` as `question`: ask and search take the same name, older clients keep working."""
+        if "question" in data and "query" in data:
+            raise serializers.ValidationError({"query": "Give `question` or `query` (its former name), not both."})
+        if "question" not in data and "query" not in data:
+            raise serializers.ValidationError({"question": "This field is required."})
+        if "query" in data:
+            data["question"] = data.pop("query")
+        return data
 
 
 class SearchResponse(serializers.Serializer):

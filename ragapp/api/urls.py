@@ -1,4 +1,4 @@
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file: the site allows no inline scripts.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
-    path("v1/chat/completions", openai_compat.chat_completions, name="openai-chat-completions"),
-    path("v1/models", openai_compat.models_list, name="openai-models"),
+    path("v1/chat/completions", openai_compat.ChatCompletions.as_view(), name="openai-chat-completions"),
+    path("v1/models", openai_compat.ModelList.as_view(), name="openai-models"),
+    re_path(r"^v1/", openai_compat.UnknownEndpoint.as_view(), name="openai-unknown"),
 ]

@@ -53,14 +53,15 @@ def ask(request):
 
 
 @extend_schema(request=serializers.SearchRequest, responses={200: serializers.SearchResponse},
-               description="Retrieval and reranking without generation: the best passages for a query.")
+               description="Retrieval and reranking without generation: the best passages for a question "
+                           "(`query`, its former name, is still accepted).")
 @api_view(["POST"])
 def search(request):
     request_data = serializers.SearchRequest(data=request.data)
     request_data.is_valid(raise_exception=True)
     data = request_data.validated_data
     collection = collection_for_reader(user=request.user, reference=data["collection"])
-    return Response(passages_search(user=request.user, query=data["query"], collection=collection, top_n=data.get("top_n")))
+    return Response(passages_search(user=request.user, query=data["question"], collection=collection, top_n=data.get("top_n")))
 
 
 class IsStaffForWrites(permissions.BasePermission):

@@ -7,6 +7,7 @@ the scripted OpenAI-compatible server (exact replies); test_vllm_end_to_end.py u
 import openai
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from ragapp.documents.services import collection_get_or_create
@@ -117,10 +118,39 @@ def test_earlier_messages_make_a_follow_up_that_is_rewritten(client, handbook, g
 
 
 def test_unknown_model_wrong_key_and_bad_messages_are_openai_errors(client, handbook, live_server):
-    with pytest.raises(openai.NotFoundError, match="that you may read"):
+    with pytest.raises(openai.NotFoundError, match="that you may read") as unknown:
         client.chat.completions.create(model="nowhere", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.BadRequestError, match="last message must be the user's question"):
+    assert (unknown.value.type, unknown.value.code) == ("invalid_request_error", "model_not_found")
+    with pytest.raises(openai.BadRequestError, match="last message must be the user's question") as last:
         client.chat.completions.create(model=handbook.slug, messages=[{"role": "assistant", "content": "hi"}])
+    assert last.value.param == "messages"
+    with pytest.raises(openai.BadRequestError, match="messages: This list may not be empty") as empty:
+        client.chat.completions.create(model=handbook.slug, messages=[])
+    assert (empty.value.type, empty.value.param) == ("invalid_request_error", "messages")
     stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="not-a-token", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError, match="Invalid token.*create one in the admin") as wrong_key:
         stranger.models.list()
+    assert (wrong_key.value.type, wrong_key.value.code) == ("invalid_request_error", "invalid_api_key")
+
+
+def test_an_endpoint_we_do_not_serve_is_an_openai_not_found(client):
+    with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(POST /v1/embeddings\).*/v1/chat/completions"):
+        client.embeddings.create(model="handbook", input="taxi")
+
+
+@pytest.mark.parametrize("method, path, headers, status, code", [
+    ("get", "/v1/models", {}, 401, "invalid_api_key"),
+    ("post", "/v1/chat/completions", {"HTTP_AUTHORIZATION": "Bearer "}, 401, "invalid_api_key"),
+    ("get", "/v1/chat/completions", {"HTTP_AUTHORIZATION": "Bearer KEY"}, 405, None),
+    ("post", "/v1/chat/completions", {"HTTP_AUTHORIZATION": "Bearer KEY", "content_type": "application/json",
+                                      "data": "{not json"}, 400, None),
+    ("delete", "/v1/files/file-1", {}, 404, None),
+])
+def test_every_v1_error_is_in_openais_shape(db, method, path, headers, status, code):
+    key = Token.objects.create(user=User.objects.create_user("reader", password="pw")).key
+    headers = {name: value.replace("KEY", key) for name, value in headers.items()}
+    response = getattr(Client(), method)(path, **headers)
+    assert response.status_code == status and response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", code)

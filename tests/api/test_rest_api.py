@@ -4,7 +4,10 @@ conversations, feedback, the OpenAPI schema; and no endpoint leaks a collection 
 import json
 
 import pytest
+import yaml
 from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
+from drf_spectacular.drainage import GENERATOR_STATS
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -104,15 +107,27 @@ def test_bad_asks_get_clear_errors(api, handbook, secret, generator):
 
 def test_search_returns_reranked_or_flagged_passages_without_generating(api, handbook, settings):
     settings.RERANKER_URLS, settings.GENERATOR_URL = ["http://127.0.0.1:9"], ""
-    response = api.post("/api/v1/search", {"query": "taxi receipt", "collection": handbook.slug, "top_n": 2}, format="json")
+    response = api.post("/api/v1/search", {"question": "taxi receipt", "collection": handbook.slug, "top_n": 2}, format="json")
     body = response.json()
     assert response.status_code == 200 and len(body["results"]) == 2
     assert body["reranked"] is False and "Reranking was skipped" in body["notice"]
     assert body["results"][0]["title"] == "travel"
 
 
+def test_search_takes_question_as_ask_does_and_query_as_its_former_name(api, handbook, settings):
+    settings.RERANKER_URLS = []
+    by_question = api.post("/api/v1/search", {"question": "taxi receipt", "collection": handbook.slug}, format="json")
+    by_query = api.post("/api/v1/search", {"query": "taxi receipt", "collection": handbook.slug}, format="json")
+    assert by_question.status_code == by_query.status_code == 200
+    assert [r["text"] for r in by_query.json()["results"]] == [r["text"] for r in by_question.json()["results"]]
+    both = api.post("/api/v1/search", {"question": "taxi", "query": "train", "collection": handbook.slug}, format="json")
+    assert both.status_code == 400 and both.json()["fields"] == {"query": ["Give `question` or `query` (its former name), not both."]}
+    neither = api.post("/api/v1/search", {"collection": handbook.slug}, format="json")
+    assert neither.status_code == 400 and neither.json()["error"] == "question: This field is required."
+
+
 def test_no_endpoint_gives_a_non_reader_anything_of_collection_b(api, reader, handbook, secret, generator):
-    assert api.post("/api/v1/search", {"query": "merger taxi", "collection": secret.slug}, format="json").status_code == 404
+    assert api.post("/api/v1/search", {"question": "merger taxi", "collection": secret.slug}, format="json").status_code == 404
     assert [c["name"] for c in api.get("/api/v1/collections/").json()["results"]] == ["Handbook"]
     documents = api.get("/api/v1/documents/").json()["results"]
     assert {d["original_filename"] for d in documents} == {"travel.txt", "vacation.txt"}
@@ -179,7 +194,17 @@ def test_collections_are_created_by_staff_with_the_right(api, reader):
 def test_the_openapi_schema_and_docs_page_are_served(api):
     schema = api.get("/api/schema/?format=json")
     assert schema.status_code == 200
-    paths = json.loads(schema.content)["paths"]
-    assert {"/api/v1/ask", "/api/v1/search", "/api/v1/documents/", "/v1/chat/completions"} <= set(paths)
+    document = json.loads(schema.content)
+    assert {"/api/v1/ask", "/api/v1/search", "/api/v1/documents/", "/v1/chat/completions"} <= set(document["paths"])
+    search = document["components"]["schemas"]["SearchRequest"]["properties"]
+    assert "former name of `question`" in search["query"]["description"] and "question" in search
     docs = api.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+
+
+def test_the_schema_generates_without_warnings_and_names_each_auth_scheme_once(tmp_path):
+    GENERATOR_STATS.reset()  # count only this generation's warnings
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
+    schemes = yaml.safe_load((tmp_path / "schema.yml").read_text())["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer"}
+    assert schemes["tokenAuth"]["description"].endswith('prefix "Token"')

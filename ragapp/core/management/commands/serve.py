@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from ragapp.core.services import admin_ensure
+from ragapp.core.services import admin_ensure, database_migrate
 
 MANAGE_PY = str(Path(settings.BASE_DIR) / "manage.py")
 
@@ -41,7 +40,7 @@ class Command(BaseCommand):
                             help="Port of the reranker worker, started when RERANKER_MODEL is set (default 8002).")
 
     def handle(self, *args, host, port, web_workers, ingestion_workers, generator_port, reranker_port, **options):
-        call_command("migrate", interactive=False, verbosity=0)
+        database_migrate()
         password = admin_ensure()
         if password:
             self.stdout.write(self.style.WARNING(

@@ -6,6 +6,7 @@ from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from ragapp.core.services import database_migrate
 from ragapp.documents.models import SEARCH_LANGUAGES, Document
 from ragapp.documents.services import collection_get_or_create, document_create, document_ingest
 
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         files = list(_expand(paths))
         if not files:
             raise CommandError("No files found under the given paths.")
+        database_migrate()
         target = collection_get_or_create(name=collection, language=language)
         counts = {"ready": 0, "failed": 0, "duplicate": 0, "queued": 0}
         for path in tqdm(files, desc=f"Ingesting into {target.name}", unit="file"):

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from tqdm import tqdm
 
+from ragapp.core.services import database_migrate
 from ragapp.documents import embedding
 from ragapp.documents.models import Chunk, EmbeddingSpace
 
@@ -18,6 +19,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
+        database_migrate()
         embedding.embedding_model()  # fails early, with the fix, on a dimension mismatch
         with transaction.atomic():
             ids = list(Chunk.objects.order_by("id").values_list("id", flat=True))

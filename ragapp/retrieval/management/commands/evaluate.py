@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from ragapp.core.services import database_migrate
 from ragapp.documents.embedding import embedding_model_label
 from ragapp.documents.models import SEARCH_LANGUAGES
 from ragapp.retrieval import evaluation
@@ -84,6 +85,7 @@ class Command(BaseCommand):
             raise CommandError("--fusion-weight must be between 0 and 1.")
         reranker_named = bool(options["reranker_url"] or options["reranker_model"] or options["reranker_scores"])
         modes = list(dict.fromkeys(modes or [*evaluation.DOCUMENT_RANKERS, *(evaluation.RERANK_MODES if reranker_named else ())]))
+        database_migrate()
         try:
             query_ids = evaluation.query_ids_read(path=queries_path) if queries_path else None
             data = evaluation.beir_dataset_read(

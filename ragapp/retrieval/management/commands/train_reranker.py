@@ -5,6 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from ragapp.core.services import database_migrate
 from ragapp.documents.models import SEARCH_LANGUAGES
 from ragapp.retrieval import evaluation, training_data
 from reranking import train
@@ -71,6 +72,7 @@ class Command(BaseCommand):
             raise CommandError(f"--pseudo-queries must be 0 or more, got {pseudo_queries}.")
         if pseudo_queries and from_feedback and not collection:
             raise CommandError("--pseudo-queries with --from-feedback needs --collection: the collection whose titles to use.")
+        database_migrate()
         try:
             if from_feedback:
                 source = self._collection_find(collection) if collection else None
