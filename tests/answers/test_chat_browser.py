@@ -95,3 +95,86 @@ def test_log_in_ask_see_the_answer_stream_open_a_citation_and_give_feedback(live
     # dropped at the end of the run ("being accessed by other users").
     connections.close_all()
     assert feedback.rating == 1 and feedback.comment == "Clear steps"
+
+
+HOSTILE_PAGE = b"""<!doctype html><html><head><title>Hotel policy</title>
+<script>alert("script ran"); fetch("/api/v1/collections/").then(r => r.text()).then(t => fetch("/steal?" + t));</script>
+</head><body><h1>Hotels</h1><p>Hotel bills are reimbursed up to 150 euros a night.</p>
+<img src="/missing.png" onerror="alert(document.cookie); fetch('/api/v1/collections/')"></body></html>"""
+HOSTILE_TEXT = b"Hotel bills need an itemised invoice. <script>alert('text ran')</script> <img src=x onerror=alert(1)>"
+
+
+def watch_everything(context) -> tuple[list[str], list[str], list[str]]:
+    """Record every dialog any page of the browser opens, every request it sends and every file it downloads."""
+    dialogs, requests, downloads = [], [], []
+
+    def watch(page):
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.on("download", lambda download: downloads.append(download.suggested_filename))
+
+    for page in context.pages:
+        watch(page)
+    context.on("page", watch)
+    context.on("request", lambda request: requests.append(request.url))
+    return dialogs, requests, downloads
+
+
+def test_a_hostile_html_original_opened_from_its_citation_runs_nothing(live_server, browser_page, collection, ingest,
+                                                                       settings):
+    settings.RERANKER_URLS = []
+    hostile = ingest(collection, "hotels.html", HOSTILE_PAGE)
+    as_text = ingest(collection, "invoice.txt", HOSTILE_TEXT)
+    user = User.objects.create_user("reader", password="a-good-password")
+    collection.readers.add(user)
+    page = browser_page
+    dialogs, requests, downloads = watch_everything(page.context)
+    with scripted_generator(lambda messages: "Up to 150 euros a night [1].") as (url, _):
+        settings.GENERATOR_URL, settings.GENERATOR_MODEL = url, ""
+        page.goto(f"{live_server.url}/")
+        page.fill("input[name=username]", "reader")
+        page.fill("input[name=password]", "a-good-password")
+        page.click("button[type=submit]")
+        page.fill("#question", "How much is reimbursed for a hotel?")
+        page.click("#ask-button")
+        page.locator("li.turn.answer:not(.streaming) button.citation").first.click()
+        assert page.locator("#panel-link").get_attribute("href") == f"/documents/{hostile.pk}/file"
+        seen_before_opening = len(requests)
+
+        page.click("#panel-link")  # opens a new tab, as a reader would
+        for _ in range(50):
+            if downloads:
+                break
+            page.wait_for_timeout(100)
+        assert downloads == ["hotels.html"]  # saved as a file, never rendered in our origin
+
+        text_page = page.context.new_page()
+        text_page.goto(f"{live_server.url}/documents/{as_text.pk}/file")
+        assert "<script>alert('text ran')</script>" in text_page.locator("body").inner_text()  # shown as text
+        text_page.wait_for_timeout(500)
+
+    connections.close_all()
+    assert dialogs == []
+    assert not [url for url in requests[seen_before_opening:] if "/api/" in url or "/steal" in url]
+
+
+def test_the_chat_admin_and_api_docs_work_under_the_content_security_policy(live_server, browser_page, collection,
+                                                                            ingest):
+    ingest(collection, "router.txt", b"To reset the router, hold the reset button for ten seconds.")
+    User.objects.create_superuser("boss", password="a-good-password")
+    page = browser_page
+    violations = []
+    page.on("console", lambda message: violations.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("input[name=username]", "boss")
+    page.fill("input[name=password]", "a-good-password")
+    page.click("input[type=submit]")
+    for path in ("/admin/", "/admin/documents/document/", f"/admin/documents/collection/{collection.pk}/change/",
+                 "/admin/documents/document/upload/", "/"):
+        response = page.goto(f"{live_server.url}{path}")
+        assert "script-src 'self';" in response.headers["content-security-policy"]
+        page.wait_for_load_state("load")
+    page.goto(f"{live_server.url}/api/docs/")
+    page.locator(".swagger-ui .opblock").first.wait_for(timeout=15_000)  # Swagger UI started: its script is a file
+    connections.close_all()
+    assert violations == []
