@@ -22,8 +22,12 @@ def api_exception_handler(exception, context):
         return None
     response, message, fields = described
     kind = exception.error_type if isinstance(exception, AnswerError) else getattr(exception, "default_code", "error")
-    response.data = {"error": message, "error_type": kind, **({} if fields is None else {"fields": fields})}
+    response.data = api_error_body(message, error_type=kind, fields=fields)
     return response
+
+
+def api_error_body(message: str, *, error_type: str, fields: dict | list | None = None) -> dict:
+    return {"error": message, "error_type": error_type, **({} if fields is None else {"fields": fields})}
 
 
 def openai_exception_handler(exception, context):

@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 
+from ragapp.api.errors import api_error_body, openai_error_body
+
 MEGABYTE = 1024 * 1024
 
 
@@ -39,8 +41,7 @@ def body_limit(request) -> int:
 def error_response(request, status: int, message: str, error_type: str) -> HttpResponse:
     """The error in the shape the caller reads: OpenAI's under /v1/, ours under /api/, plain text elsewhere."""
     if request.path.startswith("/v1/"):
-        return JsonResponse({"error": {"message": message, "type": "invalid_request_error", "code": error_type}},
-                            status=status)
+        return JsonResponse(openai_error_body(message, status=status, code=error_type), status=status)
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": message, "error_type": error_type}, status=status)
+        return JsonResponse(api_error_body(message, error_type=error_type), status=status)
     return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
