@@ -8,6 +8,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from ragapp.documents.models import Chunk, Document
+from tests.conftest import make_pdf
+from tests.documents.files import docx_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -98,3 +100,60 @@ def test_only_readers_of_the_collection_can_fetch_originals(client, collection, 
     assert client.get(reverse("document_file", args=[document.pk])).status_code == 404
     collection.readers.add(outsider)
     assert b"".join(client.get(reverse("document_file", args=[document.pk])).streaming_content) == b"Internal only."
+
+
+@pytest.mark.parametrize(("filename", "data", "content_type", "disposition"), [
+    ("guide.pdf", make_pdf(["Page one."]), "application/pdf", "inline"),
+    ("notes.txt", b"Plain notes.", "text/plain; charset=utf-8", "inline"),
+    ("notes.md", b"# Notes\n\nMarkdown notes.", "text/plain; charset=utf-8", "inline"),
+    ("page.html", b"<html><body><p>A page.</p></body></html>", "application/octet-stream", "attachment"),
+    ("drawing.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><text>A drawing.</text><script>alert(1)</script></svg>',
+     "application/octet-stream", "attachment"),
+    ("guide.docx", docx_bytes(), "application/octet-stream", "attachment"),
+    ("broken.pdf", b"%PDF-1.7 broken", "application/octet-stream", "attachment"),  # never parsed: no known type
+])
+def test_originals_are_sandboxed_and_only_pdf_and_text_open_in_the_browser(admin, collection, ingest, filename, data,
+                                                                           content_type, disposition):
+    document = ingest(collection, filename, data)
+    original = admin.get(reverse("document_file", args=[document.pk]))
+    assert original["Content-Type"] == content_type
+    assert original["Content-Disposition"].startswith(disposition)
+    assert original["Content-Security-Policy"] == "sandbox" and original["X-Content-Type-Options"] == "nosniff"
+
+
+def test_refused_upload_is_not_offered_for_reingestion_and_a_new_upload_replaces_it(
+        admin, collection, settings, django_capture_on_commit_callbacks):
+    settings.MAX_UPLOAD_BYTES = 100
+    upload(admin, collection, [SimpleUploadedFile("report.txt", b"x" * 200)], django_capture_on_commit_callbacks)
+    refused = Document.objects.get()
+    assert refused.status == "failed" and not refused.file and "over the 0 MB limit" in refused.error
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = admin.post(reverse("admin:documents_document_changelist"),
+                              {"action": "reingest_selected", "_selected_action": [refused.pk]}, follow=True)
+    page = response.content.decode()
+    assert "Not re-ingested: report.txt" in page and "upload them again" in page and "queued for re-ingestion" not in page
+    assert callbacks == [] and Document.objects.get().status == "failed"
+
+    settings.MAX_UPLOAD_BYTES = 1000  # the same bytes, now within the limit, are not a duplicate of the refused entry
+    upload(admin, collection, [SimpleUploadedFile("report.txt", b"x" * 200)], django_capture_on_commit_callbacks)
+    again = Document.objects.get()
+    assert again.pk != refused.pk and again.file and again.status == "queued"
+
+    settings.MAX_UPLOAD_BYTES = 100  # refused again, then a corrected (smaller) copy of the same name replaces it
+    upload(admin, collection, [SimpleUploadedFile("big.txt", b"y" * 200)], django_capture_on_commit_callbacks)
+    upload(admin, collection, [SimpleUploadedFile("big.txt", b"y" * 50)], django_capture_on_commit_callbacks)
+    assert list(Document.objects.filter(original_filename="big.txt").values_list("status", "size_bytes")) == [("queued", 50)]
+
+
+def test_collection_language_is_read_only_once_it_has_documents(admin, collection, ingest):
+    change_url = reverse("admin:documents_collection_change", args=[collection.pk])
+    assert 'name="language"' in admin.get(change_url).content.decode()  # empty: still a choice
+
+    ingest(collection, "a.txt", b"Alpha team handbook.")
+    page = admin.get(change_url).content.decode()
+    assert 'name="language"' not in page and "Fixed once the collection has documents" in page
+    admin.post(change_url, {"name": collection.name, "slug": collection.slug, "language": "french",
+                            "reranking_enabled": "on", "rerank_fusion_weight": "1.0"})
+    collection.refresh_from_db()
+    assert collection.language == "english"
