@@ -5,11 +5,16 @@
 `openai` client reads into its exception (`str(error)` ends with the message).
 """
 
+import logging
+
+from django.conf import settings
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler
 
 from ragapp.answers.services import AnswerError, CollectionNotFound
+
+logger = logging.getLogger(__name__)
 
 # What to do about a 401, for OpenAI clients, which only show the message.
 API_KEY_HINT = "Use an API token of this server as the API key (create one in the admin under Auth Token)."
@@ -34,13 +39,22 @@ def openai_exception_handler(exception, context):
     """Errors of the OpenAI-compatible views (/v1/), which name it as their handler."""
     described = _described(exception, context)
     if described is None:
-        return None
+        return _openai_internal_error(exception)
     response, message, fields = described
     if response.status_code == 401:
         message = f"{message} {API_KEY_HINT}"
     param = next(iter(fields), None) if isinstance(fields, dict) else None
     response.data = openai_error_body(message, status=response.status_code, code=_openai_code(exception), param=param)
     return response
+
+
+def _openai_internal_error(exception) -> Response | None:
+    """A bug, still in OpenAI's shape (clients read no HTML page); logged with its traceback. DEBUG shows Django's page."""
+    if settings.DEBUG:
+        return None
+    logger.error("Internal error in an OpenAI-compatible view", exc_info=exception)
+    return openai_error("The server failed to answer: an internal error, recorded in its log. Try again later.",
+                        status=500)
 
 
 def openai_error(message: str, *, status: int, code: str | None = None, param: str | None = None) -> Response:

@@ -154,3 +154,14 @@ def test_every_v1_error_is_in_openais_shape(db, method, path, headers, status, c
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert (error["type"], error["code"]) == ("invalid_request_error", code)
+
+
+def test_an_internal_error_is_an_openai_server_error_and_is_logged(client, handbook, monkeypatch, caplog):
+    def broken(**kwargs):
+        raise RuntimeError("a bug in the pipeline")
+
+    monkeypatch.setattr("ragapp.api.openai_compat.question_answer_stream", broken)
+    with pytest.raises(openai.InternalServerError, match="internal error, recorded in its log") as failed:
+        client.chat.completions.create(model=handbook.slug, messages=[{"role": "user", "content": "hi"}])
+    assert (failed.value.status_code, failed.value.body["type"]) == (500, "server_error")
+    assert "a bug in the pipeline" in caplog.text and "a bug in the pipeline" not in str(failed.value)
