@@ -1,4 +1,4 @@
-"""A search question -> the text to embed, the words to match and the words it excludes.
+"""A search question -> the text to embed, the words to score and match, and those it excludes.
 
 Pure functions: no I/O. As in web search engines, a `-` attached to the start of a word
 (`-receipt`, `-β-catenin`) or of a closed quoted phrase (`-"lost luggage"`), at the start of the
@@ -7,7 +7,7 @@ question or after a blank, excludes it. Any other dash is text: `G - quadruplex`
 
 The matched text goes to PostgreSQL's websearch_to_tsquery, which reads as NOT every dash that
 starts one of its words, attached or not; those dashes are removed from it, so no negation is
-left there. Its rules (PostgreSQL 14 and later): a `"` opens a phrase that runs to the next `"`
+left there. The scored text keeps them: to_tsvector reads `-5` as the number a chunk holds. Its rules (PostgreSQL 14 and later): a `"` opens a phrase that runs to the next `"`
 or to the end; outside phrases, words end at blanks, quotes and the characters `!&|()<`.
 """
 
@@ -27,20 +27,23 @@ NEGATION = re.compile(r"(^|[!&|()<])-+")
 @dataclass(frozen=True)
 class SearchQuery:
     embedded_text: str  # the question less its exclusions: what the dense side embeds
-    matched_text: str  # words and "phrases" a chunk may match, for websearch_to_tsquery
+    scored_text: str  # the question's words less its exclusions, for to_tsvector and plainto_tsquery
+    matched_text: str  # the scored text without negation: words and "phrases" for websearch_to_tsquery
     excluded: tuple[str, ...]  # each excluded word or "phrase", for websearch_to_tsquery
 
 
 def search_query_parse(question: str, *, segment: Callable[[str], str] = str) -> SearchQuery:
-    """Split `question` into what is embedded, matched and excluded.
+    """Split `question` into what is embedded, scored, matched and excluded.
 
     `segment` prepares text for full-text search (Chinese word segmentation; default: none). It
     runs before negation is removed, because the blanks it inserts can make a dash start a word.
     """
     kept, excluded = _kept_and_excluded_pieces(question)
+    scored_text = segment("".join(kept))
     return SearchQuery(
         embedded_text=" ".join("".join(kept).split()) if excluded else question,
-        matched_text=without_negation(segment("".join(kept))),
+        scored_text=scored_text,
+        matched_text=without_negation(scored_text),
         excluded=tuple(without_negation(segment(part)) for part in excluded),
     )
 

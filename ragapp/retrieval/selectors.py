@@ -67,8 +67,8 @@ WITH permitted AS (
 query AS NOT MATERIALIZED (
     -- Inlined where it is used (twice), so the planner sees constant tsqueries and can size them.
     SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(matched_text)s)::text, ' & ', ' | ')::tsquery AS terms,
-           replace(plainto_tsquery(%(language)s::regconfig, %(matched_text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
-           tsvector_to_array(to_tsvector(%(language)s::regconfig, %(matched_text)s)) AS lexemes,
+           replace(plainto_tsquery(%(language)s::regconfig, %(scored_text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
+           tsvector_to_array(to_tsvector(%(language)s::regconfig, %(scored_text)s)) AS lexemes,
            -- One query per excluded word or phrase: its own words stay ANDed (a segmented
            -- Chinese word is several), a chunk holding any of them is out.
            ARRAY(SELECT websearch_to_tsquery(%(language)s::regconfig, part)
@@ -171,6 +171,7 @@ def search_parameters(*, query: str, collection: Collection, reader, k: int, lim
     return {
         "embedding": embedding if use_dense else None,
         "language": collection.language,
+        "scored_text": parsed.scored_text if use_fulltext else "",
         "matched_text": parsed.matched_text if use_fulltext else "",
         "excluded_texts": list(parsed.excluded),
         "excluding": bool(parsed.excluded),

@@ -7,20 +7,21 @@ from ragapp.retrieval.query_syntax import SearchQuery, search_query_parse, witho
 
 def test_a_question_without_exclusions_is_embedded_and_matched_as_written():
     question = 'How are "taxi rides" reimbursed in x-ray T-ALL wards?'
-    assert search_query_parse(question) == SearchQuery(embedded_text=question, matched_text=question, excluded=())
+    assert search_query_parse(question) == SearchQuery(embedded_text=question, scored_text=question, matched_text=question,
+                                                       excluded=())
 
 
 def test_a_dash_at_the_start_of_a_word_excludes_it_from_both_texts():
     parsed = search_query_parse("taxi -receipt rides -β-catenin")
     assert parsed.embedded_text == "taxi rides"
-    assert "receipt" not in parsed.matched_text and "catenin" not in parsed.matched_text
+    assert parsed.scored_text == parsed.matched_text == "taxi  rides "
     assert parsed.excluded == ("receipt", "β-catenin")
 
 
 def test_a_dash_before_a_closed_phrase_excludes_the_phrase_with_its_quotes():
     parsed = search_query_parse('-"lost luggage" taxi "night fare"')
     assert parsed.embedded_text == 'taxi "night fare"'
-    assert parsed.matched_text == ' taxi "night fare"'
+    assert parsed.scored_text == parsed.matched_text == ' taxi "night fare"'
     assert parsed.excluded == ('"lost luggage"',)
 
 
@@ -33,8 +34,9 @@ def test_a_dash_before_a_closed_phrase_excludes_the_phrase_with_its_quotes():
     ("--taxi", "taxi"),
     ('taxi -"unclosed phrase', 'taxi "unclosed phrase'),
 ])
-def test_other_dashes_that_postgresql_reads_as_not_are_removed_and_exclude_nothing(question, matched_text):
-    assert search_query_parse(question) == SearchQuery(embedded_text=question, matched_text=matched_text, excluded=())
+def test_other_dashes_that_postgresql_reads_as_not_are_removed_from_the_matched_text_only(question, matched_text):
+    assert search_query_parse(question) == SearchQuery(embedded_text=question, scored_text=question,
+                                                       matched_text=matched_text, excluded=())
 
 
 @pytest.mark.parametrize("text", ["x-ray", "T-ALL", "co--op", '"taxi -receipt"', "a\u00a0-b", "taxi:-receipt"])
@@ -45,11 +47,11 @@ def test_dashes_inside_words_and_quotes_stay(text):
 
 def test_a_question_of_exclusions_only_leaves_nothing_to_embed_or_match():
     parsed = search_query_parse('-receipt -"taxi rides"')
-    assert (parsed.embedded_text, parsed.matched_text.strip()) == ("", "")
+    assert (parsed.embedded_text, parsed.scored_text.strip(), parsed.matched_text.strip()) == ("", "", "")
     assert parsed.excluded == ("receipt", '"taxi rides"')
 
 
 def test_segmentation_runs_on_the_split_texts_before_negation_is_removed():
     spaced = search_query_parse("北京-大学 -上海", segment=lambda text: text.replace("北京", "北京 "))
-    assert spaced.matched_text == "北京 大学 "  # the inserted blank made the dash start a word
+    assert spaced.scored_text == "北京 -大学 " and spaced.matched_text == "北京 大学 "  # the blank made a NOT
     assert spaced.excluded == ("上海",)
