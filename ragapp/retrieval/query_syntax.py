@@ -7,8 +7,9 @@ question or after a blank, excludes it. Any other dash is text: `G - quadruplex`
 
 The matched text goes to PostgreSQL's websearch_to_tsquery, which reads as NOT every dash that
 starts one of its words, attached or not; those dashes are removed from it, so no negation is
-left there. The scored text keeps them: to_tsvector reads `-5` as the number a chunk holds. Its rules (PostgreSQL 14 and later): a `"` opens a phrase that runs to the next `"`
-or to the end; outside phrases, words end at blanks, quotes and the characters `!&|()<`.
+left there. Its rules (PostgreSQL 14 and later): a `"` opens a phrase that runs to the next `"`
+or to the end; outside phrases, words end at blanks, quotes and the characters `!&|()<`. The
+scored text keeps those dashes: to_tsvector reads `-5` as the number a chunk holds.
 """
 
 import re
