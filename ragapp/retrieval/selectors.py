@@ -8,6 +8,7 @@ from django.db import connection, models, transaction
 from ragapp.documents.embedding import embed_query
 from ragapp.documents.models import Chunk, Collection, Document
 from ragapp.documents.segmentation import segment_for_search
+from ragapp.retrieval.query_syntax import search_query_parse
 
 MODES = ("dense", "fulltext", "hybrid")
 
@@ -40,9 +41,11 @@ BM25_B = 0.4
 # ts_filter keeps them: no unnest of whole vectors), which yields term frequencies, and counting
 # those rows per lexeme yields document frequencies. A chunk's length is its number of distinct
 # lexemes; the collection's totals come from CollectionTextStatistics.
-# Ranked chunks must match the question as websearch_to_tsquery reads it (quoted phrases stay
-# phrases, -word excludes), with its words ORed: it ANDs them, and a natural-language question
-# rarely has every word in one passage.
+# Ranked chunks must match the question's words as websearch_to_tsquery reads them (quoted
+# phrases stay phrases), ORed: it ANDs them, and a natural-language question rarely has every
+# word in one passage. A chunk holding a word or phrase the question excludes (-word, see
+# query_syntax) is ruled out on both sides; excluded words are never scored. Without exclusions
+# %(excluding)s is a false constant, and the planner drops those filters.
 HYBRID_SQL = """
 WITH permitted AS (
     -- The collection, only when the caller may read it: checked here, in the statement every
@@ -61,10 +64,15 @@ WITH permitted AS (
                                         JOIN auth_user_groups AS membership ON membership.group_id = granted.group_id
                                         WHERE granted.collection_id = collection.id AND membership.user_id = reader.id))))
 ),
-query AS (
-    SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS terms,
-           replace(plainto_tsquery(%(language)s::regconfig, %(text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
-           tsvector_to_array(to_tsvector(%(language)s::regconfig, %(text)s)) AS lexemes
+query AS NOT MATERIALIZED (
+    -- Inlined where it is used (twice), so the planner sees constant tsqueries and can size them.
+    SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(matched_text)s)::text, ' & ', ' | ')::tsquery AS terms,
+           replace(plainto_tsquery(%(language)s::regconfig, %(scored_text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
+           tsvector_to_array(to_tsvector(%(language)s::regconfig, %(scored_text)s)) AS lexemes,
+           -- One query per excluded word or phrase: its own words stay ANDed (a segmented
+           -- Chinese word is several), a chunk holding any of them is out.
+           ARRAY(SELECT websearch_to_tsquery(%(language)s::regconfig, part)
+                 FROM unnest(%(excluded_texts)s::text[]) AS part) AS excluded
 ),
 nearest AS (
     -- The vector is written out here, not taken from the query CTE: the HNSW index can only
@@ -72,6 +80,7 @@ nearest AS (
     SELECT chunk.id, chunk.embedding <=> %(embedding)s::vector AS distance
     FROM documents_chunk AS chunk
     WHERE chunk.collection_id = (SELECT id FROM permitted)
+      AND NOT (%(excluding)s AND chunk.search_vector @@ ANY ((SELECT excluded FROM query)::tsquery[]))
     ORDER BY chunk.embedding <=> %(embedding)s::vector
     LIMIT %(dense_k)s
 ),
@@ -86,7 +95,9 @@ statistics AS (
 occurrences AS (
     -- One row per chunk and query lexeme it holds. Stored vectors carry no weights (all D),
     -- so weight A marks exactly the query's lexemes.
-    SELECT chunk.id, chunk.search_vector @@ query.terms AS matches, length(chunk.search_vector) AS length,
+    -- Excluded chunks still count in the document frequencies: they are text of the collection.
+    SELECT chunk.id, chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded)) AS matches,
+           length(chunk.search_vector) AS length,
            entry.lexeme, coalesce(array_length(entry.positions, 1), 1)::float8 AS frequency
     FROM documents_chunk AS chunk
          CROSS JOIN query
@@ -137,7 +148,8 @@ def chunk_search(*, query: str, collection: Collection, reader, k: int | None = 
     (superuser, a reader, or in a reader group). None is a trusted caller without a user
     (management commands, evaluation), never a web request. `k` candidates are taken from
     each side (default RETRIEVAL_CANDIDATES); `mode` picks one side alone ("dense",
-    "fulltext") or both fused ("hybrid").
+    "fulltext") or both fused ("hybrid"). `-word` and `-"a phrase"` in `query` rule out the
+    chunks holding them (query_syntax).
     """
     k = k or settings.RETRIEVAL_CANDIDATES
     params = search_parameters(query=query, collection=collection, reader=reader, k=k, limit=limit or k, mode=mode)
@@ -153,12 +165,16 @@ def search_parameters(*, query: str, collection: Collection, reader, k: int, lim
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     use_dense, use_fulltext = mode in ("dense", "hybrid"), mode in ("fulltext", "hybrid")
+    parsed = search_query_parse(query, segment=lambda text: segment_for_search(text) or text)
     if use_dense and embedding is None:
-        embedding = embed_query(query).tolist()
+        embedding = embed_query(parsed.embedded_text).tolist()
     return {
         "embedding": embedding if use_dense else None,
         "language": collection.language,
-        "text": (segment_for_search(query) or query) if use_fulltext else "",
+        "scored_text": parsed.scored_text if use_fulltext else "",
+        "matched_text": parsed.matched_text if use_fulltext else "",
+        "excluded_texts": list(parsed.excluded),
+        "excluding": bool(parsed.excluded),
         "collection_id": collection.pk,
         "reader_id": reader_id(reader),
         "dense_k": k if use_dense else 0,

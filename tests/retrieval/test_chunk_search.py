@@ -78,23 +78,36 @@ def test_stopword_only_question_returns_dense_results_without_error(collection, 
     assert results and all(r.fulltext_rank is None for r in results)
 
 
-def test_nearest_neighbour_query_uses_the_hnsw_index(collection):
-    """With a realistic number of rows the planner must pick the HNSW index, not a scan and sort."""
+def _plan(collection, query: str, *, rows: int = 3000) -> str:
+    """EXPLAIN HYBRID_SQL for `query` over `rows` synthetic chunks: enough for the planner to want the indexes."""
     document = Document.objects.create(collection=collection, title="synthetic", original_filename="s.txt", sha256="0" * 64)
-    vectors = np.random.default_rng(0).normal(size=(3000, 384)).astype(np.float32)
+    vectors = np.random.default_rng(0).normal(size=(rows, 384)).astype(np.float32)
     Chunk.objects.bulk_create(
         Chunk(document=document, collection=collection, language="english", ordinal=i, text=f"row {i} marker{i}",
               char_start=0, char_end=5, token_count=2, embedding=vector)
         for i, vector in enumerate(vectors)
     )
-    params = search_parameters(query="marker7", collection=collection, reader=None, k=100, limit=100, mode="hybrid",
+    params = search_parameters(query=query, collection=collection, reader=None, k=100, limit=100, mode="hybrid",
                                embedding=vectors[0].tolist())
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE documents_chunk")
         cursor.execute("EXPLAIN " + HYBRID_SQL, params)
-        plan = "\n".join(row[0] for row in cursor.fetchall())
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_nearest_neighbour_query_uses_the_hnsw_index(collection):
+    """With a realistic number of rows the planner must pick the HNSW index, not a scan and sort."""
+    plan = _plan(collection, "marker7")
     assert "Index Scan using chunk_embedding_hnsw" in plan, plan
     assert "chunk_search_vector_gin" in plan, plan
+    assert "ANY" not in plan and "CTE query" not in plan, plan  # no exclusion filters; constant tsqueries
+
+
+def test_a_query_with_an_exclusion_still_uses_the_hnsw_index(collection):
+    plan = _plan(collection, "marker7 -marker8")
+    assert "Index Scan using chunk_embedding_hnsw" in plan, plan
+    assert "chunk_search_vector_gin" in plan, plan
+    assert "@@ ANY" in plan, plan
 
 
 def test_a_rare_word_outranks_a_common_word_repeated(collection, ingest):
@@ -112,6 +125,64 @@ def test_quotes_and_backslashes_in_a_question_are_searched_as_text(collection, i
     ingest(collection, "paths.txt", rb"O'Reilly keeps the files under C:\\data\\reports.")
     results = chunk_search(query=r"O'Reilly's C:\\data\\ 'reports' \\", collection=collection, reader=None, k=10, mode="fulltext")
     assert results[0].document.original_filename == "paths.txt"
+
+
+def _files(results) -> list[str]:
+    return [r.document.original_filename for r in results]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "fulltext"])
+def test_a_dashed_word_excludes_every_chunk_holding_it_in_every_mode(collection, policies, ingest, mode):
+    ingest(collection, "taxi.txt", b"Taxi companies bill the department monthly.")
+    assert "travel.txt" in _files(chunk_search(query="taxi", collection=collection, reader=None, k=10, mode=mode))
+    results = chunk_search(query="taxi -receipt", collection=collection, reader=None, k=10, mode=mode)
+    assert "taxi.txt" in _files(results) and "travel.txt" not in _files(results)
+    assert all("receipt" not in r.chunk.text for r in results)
+
+
+def test_excluding_a_word_leaves_the_ranking_of_the_rest_as_it_was(collection, policies, ingest):
+    ingest(collection, "taxi.txt", b"Taxi companies bill the department monthly.")
+    ingest(collection, "receipts.txt", b"A receipt is kept for every taxi ride, train ride and meal.")
+    ranked = chunk_search(query="taxi train ride", collection=collection, reader=None, k=10, mode="fulltext")
+    excluding = chunk_search(query="taxi train ride -receipt", collection=collection, reader=None, k=10, mode="fulltext")
+    assert _files(excluding) == [name for name in _files(ranked) if name not in ("travel.txt", "receipts.txt")]
+    assert _files(excluding) == ["taxi.txt"]
+
+
+def test_words_of_an_excluded_phrase_are_not_scored(collection, policies, ingest):
+    """Scoring 'taxi' would put the taxi firm first; the shorter catering chunk wins on 'companies' alone."""
+    ingest(collection, "taxi.txt", b"Taxi companies bill the department monthly.")
+    ingest(collection, "catering.txt", b"Catering companies bill monthly.")
+    results = chunk_search(query='companies -"taxi rides"', collection=collection, reader=None, k=10, mode="fulltext")
+    assert _files(results) == ["catering.txt", "taxi.txt"]
+
+
+def test_a_quoted_phrase_matches_only_chunks_holding_the_phrase(collection, policies):
+    assert _files(chunk_search(query='"taxi rides"', collection=collection, reader=None, k=10, mode="fulltext")) == ["travel.txt"]
+    assert chunk_search(query='"taxi driver"', collection=collection, reader=None, k=10, mode="fulltext") == []
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "fulltext"])
+def test_a_dashed_phrase_excludes_chunks_holding_the_phrase_only(collection, policies, ingest, mode):
+    ingest(collection, "taxi.txt", b"Taxi companies bill the department monthly.")
+    results = chunk_search(query='taxi -"taxi rides"', collection=collection, reader=None, k=10, mode=mode)
+    assert "taxi.txt" in _files(results) and "travel.txt" not in _files(results)
+    not_a_phrase_there = chunk_search(query='taxi -"rides taxi"', collection=collection, reader=None, k=10, mode=mode)
+    assert "travel.txt" in _files(not_a_phrase_there)
+
+
+def test_a_question_of_exclusions_only_finds_nothing_by_full_text(collection, policies):
+    assert chunk_search(query="-receipt", collection=collection, reader=None, k=10, mode="fulltext") == []
+    hybrid = chunk_search(query="-receipt", collection=collection, reader=None, k=10)
+    assert hybrid and "travel.txt" not in _files(hybrid) and all(r.fulltext_rank is None for r in hybrid)
+
+
+def test_an_excluded_chinese_word_rules_out_the_chunks_holding_it_not_its_parts(ingest):
+    chinese = collection_get_or_create(name="中文", language="simple")
+    ingest(chinese, "beijing.txt", "北京大学是中国著名的高等学府，位于北京市海淀区。".encode())
+    ingest(chinese, "fudan.txt", "复旦大学位于上海。".encode())
+    results = chunk_search(query="大学 -北京大学", collection=chinese, reader=None, k=10, mode="fulltext")
+    assert _files(results) == ["fudan.txt"]
 
 
 def _statistics_hold(collection):
