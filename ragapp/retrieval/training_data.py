@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ragapp.documents.models import Chunk, Collection, Document
 from ragapp.retrieval.evaluation import BeirDataset
+from ragapp.retrieval.query_syntax import without_negation
 from ragapp.retrieval.selectors import chunk_search
 from reranking.train import TrainingGroup
 
@@ -162,7 +163,9 @@ def _title_usable(document: Document) -> bool:
 def _pseudo_query_group(document: Document, titles: dict[int, str], *, collection: Collection,
                         depth: int) -> tuple[TrainingGroup | None, bool]:
     """The group of one title (None when the document has no chunk) and whether retrieval found the document."""
-    candidates = chunk_search(query=document.title, collection=collection, reader=None, k=depth, mode="hybrid")
+    # A title is text, not search syntax: "NF-κB-Dependent and -Independent" excludes nothing.
+    query = without_negation(document.title)
+    candidates = chunk_search(query=query, collection=collection, reader=None, k=depth, mode="hybrid")
     own = next((c.chunk.text for c in candidates if c.chunk.document.id == document.pk), None)
     positive = own or Chunk.objects.filter(document=document).order_by("ordinal").values_list("text", flat=True).first()
     positive = _untitled(positive or "", document.title)

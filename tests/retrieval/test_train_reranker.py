@@ -143,7 +143,8 @@ PAPERS = {
                   "Patients taking statins had lower cholesterol and fewer heart attacks and strokes than placebo."),
     "p-sleep": ("Short sleep impairs memory consolidation in students",
                 "Students who slept five hours recalled fewer words the next morning than those who slept eight."),
-    "p-coffee": ("Coffee drinking and the risk of liver disease",
+    # A suspended hyphen, as in real titles: text, not an exclusion, so the paper still retrieves itself.
+    "p-coffee": ("Coffee-drinking and -abstaining adults and the risk of liver disease",
                  "Drinking coffee daily was associated with less liver fibrosis and cirrhosis in a large cohort."),
     "p-short": ("Results", "Heart attack rates fell in the treated group."),
     "p-untitled": ("", "An untitled note on heart attack prevention with aspirin."),
