@@ -5,8 +5,6 @@ from django.http import HttpResponse, JsonResponse
 
 from ragapp.api.errors import api_error_body, openai_error_body
 
-MEGABYTE = 1024 * 1024
-
 
 class RequestSizeLimitMiddleware:
     """Refuse a body over its limit from its Content-Length, before the CSRF check or a view reads it.
@@ -22,20 +20,15 @@ class RequestSizeLimitMiddleware:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return error_response(request, 400, "The Content-Length header is not a number.", "bad_request")
-        limit = body_limit(request)
+        uploading = request.content_type == "multipart/form-data"
+        limit = settings.MAX_REQUEST_BYTES if uploading else settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if length > limit:
+            advice = "Upload fewer or smaller files at a time, or raise MAX_REQUEST_MB." if uploading else "Send a smaller body."
             return error_response(request, 413, (
-                f"The request body is {length / MEGABYTE:.1f} MB, over the {limit / MEGABYTE:.0f} MB limit. "
-                + ("Upload fewer or smaller files at a time, or raise MAX_REQUEST_MB."
-                   if request.content_type == "multipart/form-data" else "Send a smaller body.")
+                f"The request body is {length / settings.MEGABYTE:.1f} MB, "
+                f"over the {limit / settings.MEGABYTE:.0f} MB limit. {advice}"
             ), "request_too_large")
         return self.get_response(request)
-
-
-def body_limit(request) -> int:
-    if request.content_type == "multipart/form-data":
-        return settings.MAX_REQUEST_BYTES
-    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
 def error_response(request, status: int, message: str, error_type: str) -> HttpResponse:
