@@ -117,11 +117,8 @@ class Command(BaseCommand):
         return self._start(command, environment)
 
     def _commands(self, host: str, port: int, web_workers: int, ingestion_workers: int) -> list[list[str]]:
-        web = [sys.executable, "-m", "gunicorn", "ragapp.wsgi", "--bind", f"{host}:{port}",
-               "--workers", str(web_workers), "--threads", "4", "--timeout", "120",
-               "--access-logfile", "-", "--chdir", str(settings.BASE_DIR)]
         worker = [sys.executable, MANAGE_PY, "procrastinate", "worker"]
-        return [web] + [worker] * ingestion_workers
+        return [web_server_command(host=host, port=port, workers=web_workers)] + [worker] * ingestion_workers
 
     def _start(self, command: list[str], environment: dict) -> subprocess.Popen:
         return subprocess.Popen(command, cwd=settings.BASE_DIR, env=environment)
@@ -139,6 +136,13 @@ class Command(BaseCommand):
         failed = [process.args[:4] for process in processes if process.returncode not in (0, -signal.SIGTERM, None)]
         if not stopping and failed:
             raise CommandError(f"A process stopped unexpectedly: {failed}")
+
+
+def web_server_command(*, host: str, port: int, workers: int) -> list[str]:
+    """The web server serve runs (bench/load.py measures this same command)."""
+    return [sys.executable, "-m", "gunicorn", "ragapp.wsgi", "--bind", f"{host}:{port}",
+            "--workers", str(workers), "--threads", "4", "--timeout", "120",
+            "--access-logfile", "-", "--chdir", str(settings.BASE_DIR)]
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
