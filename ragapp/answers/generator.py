@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import openai
 from django.conf import settings
 
+from ragapp.core.health import generator_notice
+
 logger = logging.getLogger(__name__)
 WIDE_CHARACTERS = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 
@@ -97,7 +99,7 @@ def _describe(error: openai.OpenAIError) -> str:
     if isinstance(error, openai.APITimeoutError):
         return f"The generator at {where} did not answer within {settings.GENERATOR_TIMEOUT_SECONDS:g} s."
     if isinstance(error, openai.APIConnectionError):
-        return f"The generator at {where} cannot be reached: is it running? ({error.__cause__ or error})"
+        return generator_notice() or f"The generator at {where} cannot be reached: is it running? ({error.__cause__ or error})"
     if isinstance(error, openai.APIStatusError):
         return f"The generator at {where} refused the request ({error.status_code}): {_short(error.message)}"
     return f"The generator at {where} failed: {_short(str(error))}"

@@ -244,18 +244,23 @@ class LocalServer:
         return _tail(self.log_path, lines)
 
     def _lists_model(self) -> bool:
-        # Checking the model id, not just any answer, so another server on the port is not taken for ours.
-        try:
-            with urllib.request.urlopen(f"{self.url}/models", timeout=5) as response:
-                return any(card.get("id") == self.model for card in json.load(response).get("data", []))
-        except (OSError, ValueError):
-            return False
+        return lists_model(self.url, self.model)
 
     def __enter__(self) -> LocalServer:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def lists_model(url: str, model: str) -> bool:
+    """Whether the server at URL (an OpenAI base) serves MODEL now."""
+    # Checking the model id, not just any answer, so another server on the port is not taken for ours.
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
+            return any(card.get("id") == model for card in json.load(response).get("data", []))
+    except (OSError, ValueError):
+        return False
 
 
 def server_start(*, home: Path | None = None, host: str = "127.0.0.1", port: int = 8001, log: Log = print) -> LocalServer:

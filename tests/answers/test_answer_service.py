@@ -4,6 +4,9 @@ The generator here is a scripted OpenAI-compatible server (tests/answers/scripte
 these tests need exact replies. The end-to-end test against a real vLLM is test_vllm_end_to_end.py.
 """
 
+import json
+import os
+
 import httpx
 import pytest
 from django.contrib.auth.models import Group, User
@@ -99,6 +102,16 @@ def test_generator_down_shows_the_passages_flagged_instead_of_an_answer(settings
     assert not message.generated and message.content == ""
     assert "No answer was generated" in message.notice and "cannot be reached" in message.notice
     assert message.citations.count() == 3 and message.citations.first().document.original_filename == "travel.txt"
+
+
+def test_while_serve_prepares_the_local_generator_the_notice_says_so(settings, collection, policies, reader, no_reranker, tmp_path):
+    settings.GENERATOR_URL, settings.GENERATOR_MODEL = "http://127.0.0.1:9/v1", "any"
+    settings.SERVE_STATE_FILE = tmp_path / "serve-state.json"
+    settings.SERVE_STATE_FILE.write_text(json.dumps(
+        {"supervisor_pid": os.getpid(), "children": {"generator": {"state": "preparing", "detail": ""}}}))
+    message = question_answer(user=reader, question="taxi receipt", collection=collection)
+    assert "The local generator is being prepared" in message.notice and "cannot be reached" not in message.notice
+    assert message.citations.count() == 3
 
 
 def test_a_generator_error_status_is_a_plain_notice(settings, collection, policies, reader, no_reranker):

@@ -5,6 +5,7 @@ The generator is the scripted OpenAI-compatible server streaming slowly, so the 
 tokens arrive before the end; test_vllm_end_to_end.py covers a real vLLM.
 """
 
+import json
 import os
 import shutil
 
@@ -70,6 +71,7 @@ def test_log_in_ask_see_the_answer_stream_open_a_citation_and_give_feedback(live
         answer = page.locator("li.turn.answer:not(.streaming)")
         answer.wait_for(timeout=30_000)
         assert answer.locator(".answer-text strong").inner_text() == "ten seconds"
+        assert answer.locator(".passages details").evaluate("details => details.open") is False  # the answer comes first
         answer.locator("button.citation").first.click()
         panel = page.locator("#passage-panel")
         panel.wait_for(state="visible")
@@ -95,6 +97,34 @@ def test_log_in_ask_see_the_answer_stream_open_a_citation_and_give_feedback(live
     # dropped at the end of the run ("being accessed by other users").
     connections.close_all()
     assert feedback.rating == 1 and feedback.comment == "Clear steps"
+
+
+def sign_in(page, base_url: str) -> None:
+    page.goto(f"{base_url}/")
+    page.fill("input[name=username]", "reader")
+    page.fill("input[name=password]", "a-good-password")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#question")
+
+
+def test_while_the_local_generator_is_prepared_the_chat_says_so_and_shows_the_passages_open(
+        live_server, browser_page, reader, settings, tmp_path):
+    settings.RERANKER_URLS, settings.GENERATOR_URL, settings.GENERATOR_MODEL = [], "http://127.0.0.1:9/v1", "any"
+    settings.SERVE_STATE_FILE = tmp_path / "serve-state.json"
+    settings.SERVE_STATE_FILE.write_text(json.dumps(
+        {"supervisor_pid": os.getpid(), "children": {"generator": {"state": "preparing", "detail": ""}}}))
+    page = browser_page
+    sign_in(page, live_server.url)
+    page.fill("#question", "How do I reset the router?")
+    page.click("#ask-button")
+    answer = page.locator("li.turn.answer:not(.streaming)")
+    answer.wait_for(timeout=30_000)
+    assert "The local generator is being prepared" in answer.locator(".notice").inner_text()
+    assert answer.locator(".passages details").evaluate("details => details.open") is True
+    assert answer.locator(".passage-link").first.is_visible()
+    page.reload()  # the conversation as history shows it the same way
+    assert page.locator("li.turn.answer .passages details").evaluate("details => details.open") is True
+    connections.close_all()
 
 
 HOSTILE_PAGE = b"""<!doctype html><html><head><title>Hotel policy</title>

@@ -57,7 +57,8 @@
       index % 2 ? element("mark", "", part) : document.createTextNode(part));
   }
 
-  function wireAnswer(item, citations, question) {
+  // Without a generated answer the passages are the reply: they are shown open.
+  function wireAnswer(item, citations, question, generated) {
     const byNumber = new Map(citations.map((c) => [c.number, c]));
     item.querySelectorAll("button.citation").forEach((button) => {
       const citation = byNumber.get(Number(button.dataset.citation));
@@ -67,6 +68,7 @@
     list.replaceChildren();
     if (citations.length) {
       const details = element("details");
+      details.open = !generated;
       details.append(element("summary", "", "Passages (" + citations.length + ")"));
       const ol = element("ol");
       citations.forEach((citation) => {
@@ -198,7 +200,7 @@
           notice.textContent = event.notice;
           notice.hidden = false;
         }
-        wireAnswer(item, event.citations, event.standalone_question || question);
+        wireAnswer(item, event.citations, event.standalone_question || question, event.generated);
       } else if (event.event === "error") {
         showError(event.message);
       }
@@ -227,7 +229,7 @@
   document.querySelectorAll("li.turn.answer").forEach((item) => {
     const data = item.querySelector(".citations-data script");
     const question = item.previousElementSibling ? item.previousElementSibling.textContent : "";
-    wireAnswer(item, data ? JSON.parse(data.textContent) : [], question);
+    wireAnswer(item, data ? JSON.parse(data.textContent) : [], question, item.dataset.generated !== "false");
   });
   document.getElementById("panel-close").addEventListener("click", () => { panel.hidden = true; });
   // The conversation list starts open beside the chat, folded on a phone (where it sits above it).

@@ -1,23 +1,28 @@
 """manage.py serve: migrate, ensure an administrator, run the whole product on this machine.
 
 Web server, ingestion worker, a reranker worker (when RERANKER_MODEL names a model) and, unless
-GENERATOR_URL points at one, a local vLLM server on the CPU with SmolLM2-135M-Instruct.
+GENERATOR_URL points at one, a local vLLM server on the CPU with SmolLM2-135M-Instruct. Each is
+a supervised child (`ragapp.core.supervision`): one that exits is restarted with backoff, and
+Ctrl-C or SIGTERM stops them all and the embedded PostgreSQL.
 """
 
 import os
-import signal
-import threading
-import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
+import httpx
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
+from ragapp import database
+from ragapp.core import supervision
 from ragapp.core.services import admin_ensure, database_migrate
+from ragapp.core.supervision import Child, Supervisor, start_in_own_group
 
 MANAGE_PY = str(Path(settings.BASE_DIR) / "manage.py")
+GENERATOR = "generator"
+RERANKER = "reranker"
 
 
 class Command(BaseCommand):
@@ -26,7 +31,8 @@ class Command(BaseCommand):
         "(ADMIN_USERNAME/ADMIN_PASSWORD, or a generated password printed once), then start the web "
         "server (gunicorn), the ingestion worker (Procrastinate), a reranker worker when RERANKER_MODEL "
         "is set (and RERANKER_URL is not), and a local vLLM generator when GENERATOR_URL is not set "
-        "(the first start installs vLLM for the CPU into a cache: minutes); keep them all running."
+        "(the first start installs vLLM for the CPU into a cache: minutes). A part that stops is "
+        "restarted with backoff; Ctrl-C stops everything."
     )
 
     def add_arguments(self, parser):
@@ -41,67 +47,73 @@ class Command(BaseCommand):
 
     def handle(self, *args, host, port, web_workers, ingestion_workers, generator_port, reranker_port, **options):
         database_migrate()
-        password = admin_ensure()
+        self._administrator_announce(admin_ensure())
+        environment = dict(os.environ)
+        supervisor = Supervisor(state_file=settings.SERVE_STATE_FILE, log=self.stdout.write)
+        try:
+            prepare_generator = self._local_generator(generator_port, environment)
+            children = [self._reranker_child(reranker_port, environment),
+                        self._web_child(host, port, web_workers, environment),
+                        *self._worker_children(ingestion_workers, environment)]
+            for child in filter(None, children):
+                supervisor.add(child)
+            if prepare_generator:
+                threading.Thread(target=prepare_generator, args=(supervisor,), daemon=True).start()
+            self.stdout.write(self.style.SUCCESS(
+                f"Chat at http://{host}:{port}/  ·  admin at http://{host}:{port}/admin/  ·  API docs at "
+                f"http://{host}:{port}/api/docs/  ·  health at http://{host}:{port}/health  (Ctrl-C stops everything)"))
+            supervisor.run()
+        finally:
+            supervisor.stop_children()
+            supervision.descendants_stop()
+            if settings.EMBEDDED_DATABASE:
+                database.embedded_server_release(data_dir=settings.DATA_DIR)
+        self.stdout.write("Stopped.")
+
+    def _administrator_announce(self, password: str | None) -> None:
         if password:
             self.stdout.write(self.style.WARNING(
                 f"Created administrator '{settings.ADMIN_USERNAME}' with password: {password}\n"
                 "It is shown only this once: change it in the admin, or set ADMIN_PASSWORD before the first start."
             ))
-        environment = dict(os.environ)
-        processes: list[subprocess.Popen] = []
-        started_generator = self._local_generator(generator_port, environment, processes)
-        reranker = self._reranker_worker(reranker_port, environment)
-        if reranker is not None:
-            processes.append(reranker)
-        processes += [self._start(command, environment) for command in self._commands(host, port, web_workers, ingestion_workers)]
-        self.stdout.write(self.style.SUCCESS(
-            f"Chat at http://{host}:{port}/  ·  admin at http://{host}:{port}/admin/  ·  API docs at "
-            f"http://{host}:{port}/api/docs/  (Ctrl-C stops everything)"))
-        try:
-            self._supervise(processes)
-        finally:
-            for server in started_generator:
-                server.stop()
 
-    def _local_generator(self, port: int, environment: dict, processes: list) -> list:
-        """Point the web server at GENERATOR_URL, or at a local vLLM prepared and started in the background.
+    def _local_generator(self, port: int, environment: dict):
+        """Point the web server at GENERATOR_URL, or at a local vLLM; return what prepares and starts that vLLM.
 
-        The first start installs vLLM (minutes): the chat and the admin are up meanwhile, and
-        answers show passages with a notice until the generator is ready. Returns a list that
-        receives the server once it has started, for stopping it at the end."""
+        The first start installs vLLM (minutes) in a background thread: the chat and the admin are
+        up meanwhile, and answers show passages with a notice until the generator is ready."""
         if settings.GENERATOR_URL:
             self.stdout.write(f"Generator: {settings.GENERATOR_URL}")
-            return []
+            return None
         from ragapp.answers import local_generator
 
         home = local_generator.default_home()
+        url = f"http://127.0.0.1:{port}/v1"
         environment.update(
-            GENERATOR_URL=f"http://127.0.0.1:{port}/v1", GENERATOR_MODEL=local_generator.LOCAL_MODEL_NAME,
+            GENERATOR_URL=url, GENERATOR_MODEL=local_generator.LOCAL_MODEL_NAME,
             GENERATOR_TOKENIZER=str(home / local_generator.MODEL_FOLDER),
             GENERATOR_CONTEXT_TOKENS=str(local_generator.CONTEXT_TOKENS),
         )
         # A 135M model on a CPU writes ~10 tokens/s and tends to ramble: keep its answers short.
         environment.setdefault("GENERATOR_MAX_TOKENS", "200")
-        started: list = []
-        threading.Thread(target=self._generator_start, args=(port, processes, started), daemon=True).start()
-        return started
 
-    def _generator_start(self, port: int, processes: list, started: list) -> None:
-        from ragapp.answers.local_generator import LocalGeneratorError, server_start
+        def prepare_and_start(supervisor: Supervisor) -> None:
+            supervisor.announce(GENERATOR, supervision.PREPARING, "installing vLLM and converting the model (once)")
+            try:
+                local_generator.local_model_prepare(home=home, log=self.stdout.write)
+            except local_generator.LocalGeneratorError as error:
+                supervisor.announce(GENERATOR, supervision.UNAVAILABLE, str(error))
+                self.stdout.write(self.style.WARNING(
+                    f"No generator: {error}\nAnswers show the best passages instead. Set GENERATOR_URL to use another server."))
+                return
+            supervisor.add(Child(
+                GENERATOR, start=lambda: local_generator.server_start(home=home, port=port, log=self.stdout.write).process,
+                ready=lambda: local_generator.lists_model(url, local_generator.LOCAL_MODEL_NAME)))
 
-        try:
-            server = server_start(port=port, log=self.stdout.write)
-            started.append(server)
-            processes.append(server.process)  # supervised from now on, like the others
-            server.wait_ready(timeout=600)
-        except LocalGeneratorError as error:
-            self.stdout.write(self.style.WARNING(
-                f"No generator: {error}\nAnswers show the best passages instead. Set GENERATOR_URL to use another server."))
-            return
-        self.stdout.write(self.style.SUCCESS(f"Generator ready: {server.model} at {server.url}"))
+        return prepare_and_start
 
-    def _reranker_worker(self, port: int, environment: dict) -> subprocess.Popen | None:
-        """Start a reranker worker for RERANKER_MODEL unless RERANKER_URL names running ones."""
+    def _reranker_child(self, port: int, environment: dict) -> Child | None:
+        """A reranker worker for RERANKER_MODEL, unless RERANKER_URL names running ones."""
         if settings.RERANKER_URLS:
             self.stdout.write(f"Reranker workers: {', '.join(settings.RERANKER_URLS)}")
             return None
@@ -111,31 +123,25 @@ class Command(BaseCommand):
                 "No reranker: set RERANKER_MODEL (a hub id such as BAAI/bge-reranker-base, or a folder) to start a "
                 "worker. Answers say that reranking was skipped."))
             return None
-        environment["RERANKER_URL"] = f"http://127.0.0.1:{port}"
-        self.stdout.write(f"Reranker worker: {model} on http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        environment["RERANKER_URL"] = url
+        self.stdout.write(f"Reranker worker: {model} on {url}")
         command = [sys.executable, "-m", "reranking.server", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
-        return self._start(command, environment)
+        return Child(RERANKER, start=lambda: self._start(command, environment), ready=lambda: _answers(f"{url}/health"))
 
-    def _commands(self, host: str, port: int, web_workers: int, ingestion_workers: int) -> list[list[str]]:
-        worker = [sys.executable, MANAGE_PY, "procrastinate", "worker"]
-        return [web_server_command(host=host, port=port, workers=web_workers)] + [worker] * ingestion_workers
+    def _web_child(self, host: str, port: int, workers: int, environment: dict) -> Child:
+        command = web_server_command(host=host, port=port, workers=workers)
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return Child("web server", start=lambda: self._start(command, environment),
+                     ready=lambda: _answers(f"http://{local}:{port}/admin/login/"))
 
-    def _start(self, command: list[str], environment: dict) -> subprocess.Popen:
-        return subprocess.Popen(command, cwd=settings.BASE_DIR, env=environment)
+    def _worker_children(self, count: int, environment: dict) -> list[Child]:
+        command = [sys.executable, MANAGE_PY, "procrastinate", "worker"]
+        return [Child(f"ingestion worker {number}", start=lambda: self._start(command, environment))
+                for number in range(1, count + 1)]
 
-    def _supervise(self, processes: list[subprocess.Popen]) -> None:
-        """Wait until a child exits or we are told to stop; then stop every child."""
-        stopping = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stopping.append(True))
-        try:
-            while not stopping and all(process.poll() is None for process in processes):
-                time.sleep(0.5)
-        finally:
-            _stop(processes)
-        failed = [process.args[:4] for process in processes if process.returncode not in (0, -signal.SIGTERM, None)]
-        if not stopping and failed:
-            raise CommandError(f"A process stopped unexpectedly: {failed}")
+    def _start(self, command: list[str], environment: dict):
+        return start_in_own_group(command, cwd=settings.BASE_DIR, env=environment)
 
 
 def web_server_command(*, host: str, port: int, workers: int) -> list[str]:
@@ -145,12 +151,8 @@ def web_server_command(*, host: str, port: int, workers: int) -> list[str]:
             "--access-logfile", "-", "--chdir", str(settings.BASE_DIR)]
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.HTTPError:
+        return False
