@@ -214,6 +214,10 @@ RERANKER_TIMEOUT_SECONDS = float(env_str("RERANKER_TIMEOUT_SECONDS", "10"))
 # A worker that failed is skipped for this long before it is tried again.
 RERANKER_RETRY_AFTER_SECONDS = float(env_str("RERANKER_RETRY_AFTER_SECONDS", "30"))
 RERANK_TOP_N = env_int("RERANK_TOP_N", 5)
+# Threads of one web process (serve's gunicorn), and how many of them may be writing an answer:
+# the rest stay free for pages and search while answers stream (README, "Web server").
+WEB_THREADS = env_int("WEB_THREADS", 32)
+ANSWER_STREAMS_PER_PROCESS = env_int("ANSWER_STREAMS_PER_PROCESS", max(WEB_THREADS - 8, 1))
 
 # Generator: an OpenAI-compatible chat completions server (vLLM). Empty URL: answers show the best
 # passages and say that no generator is configured (`manage.py serve` starts a local vLLM).

@@ -22,24 +22,14 @@ from django.db import transaction
 from ragapp.answers import generator
 from ragapp.answers.models import Citation, Conversation, Feedback, Message
 from ragapp.answers.prompt import Passage, answer_prompt, citations_check, rewrite_prompt, rewritten_question
+from ragapp.answers.capacity import answer_slot
+from ragapp.answers.errors import AnswerError, CollectionNotFound
 from ragapp.documents.models import Collection
 from ragapp.retrieval.rerank_client import RankedCandidate, candidates_rerank
 from ragapp.retrieval.selectors import chunk_search, readable_collections
 
 HISTORY_TURNS = 6  # earlier messages shown to the rewriter
 REWRITE_MAX_TOKENS = 96
-
-
-class AnswerError(Exception):
-    """The question cannot be answered as asked; the message says what to change."""
-
-    error_type = "invalid_request"
-    status = 400
-
-
-class CollectionNotFound(AnswerError):
-    error_type = "not_found"
-    status = 404
 
 
 def collection_for_reader(*, user, reference=None) -> Collection:
@@ -129,8 +119,14 @@ def question_answer_stream(*, user, question: str, collection: Collection | None
         collection = conversation.collection
     if not readable_collections(user).filter(pk=collection.pk).exists():
         raise CollectionNotFound("No such collection that you may read.")
-    run = _Run()
     history = _history(conversation) if conversation else (history or [])[-HISTORY_TURNS:]
+    with answer_slot():  # refused before anything is stored when the process is writing its limit
+        yield from _answer_events(user, question, collection, conversation, history)
+
+
+def _answer_events(user, question: str, collection: Collection, conversation: Conversation | None,
+                   history: list[tuple[str, str]]) -> Iterator[dict]:
+    run = _Run()
     with transaction.atomic():
         conversation = conversation or Conversation.objects.create(user=user, collection=collection, title=question[:200])
         asked = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=question)

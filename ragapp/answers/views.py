@@ -63,7 +63,7 @@ def ask(request):
                             conversation=request.POST.get("conversation"))
         events = primed(question_answer_stream(user=request.user, question=question, **target))
     except AnswerError as error:
-        return JsonResponse({"error": str(error)}, status=error.status)
+        return JsonResponse({"error": str(error)}, status=error.status, headers=error.headers())
     return unbuffered_stream(_lines(events), "application/x-ndjson; charset=utf-8")
 
 

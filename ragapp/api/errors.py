@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler
 
-from ragapp.answers.services import AnswerError, CollectionNotFound
+from ragapp.answers.errors import AnswerError, CollectionNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _openai_code(exception) -> str | None:
 def _described(exception, context) -> tuple[Response, str, dict | list | None] | None:
     """DRF's response (status, headers, rollback), its message and any per-field problems; None if unexpected."""
     if isinstance(exception, AnswerError):
-        return Response(status=exception.status), str(exception), None
+        return Response(status=exception.status, headers=exception.headers()), str(exception), None
     response = exception_handler(exception, context)
     if response is None:
         return None

@@ -12,7 +12,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from ragapp.answers.models import Citation, Conversation, Message
-from ragapp.answers.services import AnswerError, passages_search, question_answer, question_answer_stream
+from ragapp.answers.errors import AnswersBusy
+from ragapp.answers.services import AnswerError, passages_search, primed, question_answer, question_answer_stream
 from ragapp.retrieval.selectors import chunk_search
 from reranking.server import Settings, create_app
 from reranking.synthetic import build_preset_cross_encoder
@@ -112,6 +113,17 @@ def test_while_serve_prepares_the_local_generator_the_notice_says_so(settings, c
     message = question_answer(user=reader, question="taxi receipt", collection=collection)
     assert "The local generator is being prepared" in message.notice and "cannot be reached" not in message.notice
     assert message.citations.count() == 3
+
+
+def test_a_reader_who_leaves_frees_the_answer_slot(settings, collection, policies, reader, no_reranker):
+    settings.ANSWER_STREAMS_PER_PROCESS = 1
+    with scripted_generator(lambda messages: "Keep the receipt [1].") as (url, _):
+        settings.GENERATOR_URL, settings.GENERATOR_MODEL = url, ""
+        first = primed(question_answer_stream(user=reader, question="taxi receipt", collection=collection))
+        with pytest.raises(AnswersBusy):
+            next(question_answer_stream(user=reader, question="taxi receipt", collection=collection))
+        first.close()
+        assert question_answer(user=reader, question="taxi receipt", collection=collection).generated
 
 
 def test_a_generator_error_status_is_a_plain_notice(settings, collection, policies, reader, no_reranker):

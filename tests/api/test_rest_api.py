@@ -12,7 +12,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from ragapp.answers.models import Feedback
+from ragapp.answers.models import Feedback, Message
 from ragapp.documents.models import Document
 from ragapp.documents.services import collection_get_or_create
 from tests.answers.scripted_generator import scripted_generator, stream_pieces
@@ -94,6 +94,23 @@ def test_ask_streams_server_sent_events(api, handbook, generator):
               if block.strip()]
     kinds = [event["event"] for event in events]
     assert kinds[0] == "start" and kinds[1] == "passages" and kinds[-1] == "done" and "token" in kinds
+
+
+def test_beyond_the_answer_limit_an_ask_is_refused_at_once_and_the_next_one_is_answered(api, handbook, generator, settings):
+    settings.ANSWER_STREAMS_PER_PROCESS = 1
+    ask = {"question": "taxi receipt", "collection": handbook.pk, "stream": True}
+    writing = api.post("/api/v1/ask", ask, format="json")
+    events = iter(writing.streaming_content)
+    assert b'"event": "start"' in next(events)  # this answer holds the one slot now
+    refused = api.post("/api/v1/ask", ask, format="json")
+    assert refused.status_code == 503 and refused["Retry-After"] == "5"
+    assert refused.json()["error_type"] == "busy" and "ask again in a few seconds" in refused.json()["error"]
+    openai = client_for(User.objects.get(username="reader")).post(
+        "/v1/chat/completions", {"model": handbook.slug, "messages": [{"role": "user", "content": "taxi?"}]}, format="json")
+    assert openai.status_code == 503 and openai.json()["error"]["type"] == "server_error"
+    assert b'"event": "done"' in b"".join(events)  # the answer ends: its slot is free again
+    assert api.post("/api/v1/ask", {**ask, "stream": False}, format="json").status_code == 200
+    assert Message.objects.filter(role=Message.Role.USER).count() == 2  # a refused question stored nothing
 
 
 def test_bad_asks_get_clear_errors(api, handbook, secret, generator):

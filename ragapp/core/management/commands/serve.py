@@ -144,10 +144,13 @@ class Command(BaseCommand):
         return start_in_own_group(command, cwd=settings.BASE_DIR, env=environment)
 
 
-def web_server_command(*, host: str, port: int, workers: int) -> list[str]:
-    """The web server serve runs (bench/load.py measures this same command)."""
+def web_server_command(*, host: str, port: int, workers: int, threads: int | None = None) -> list[str]:
+    """The web server serve runs (bench/load.py measures this same command).
+
+    gunicorn's threaded workers: an answer mostly waits on the generator, so threads, not
+    processes, carry the concurrency (README, "Web server")."""
     return [sys.executable, "-m", "gunicorn", "ragapp.wsgi", "--bind", f"{host}:{port}",
-            "--workers", str(workers), "--threads", "4", "--timeout", "120",
+            "--workers", str(workers), "--threads", str(threads or settings.WEB_THREADS), "--timeout", "120",
             "--access-logfile", "-", "--chdir", str(settings.BASE_DIR)]
 
 
