@@ -142,7 +142,7 @@ class DynamicBatcher:
         self.max_wait = max_wait_ms / 1000
         self.max_queue_pairs = max_queue_pairs
         self.metrics = metrics or NoMetrics()
-        self._lock = threading.Condition()
+        self._lock = threading.Condition()  # re-entrant: _settle takes it again inside locked sections
         self._waiting: collections.deque[tuple[_Request, int]] = collections.deque()
         self._waiting_tokens = 0
         self._queued_pairs = 0  # accepted, not yet answered
