@@ -41,6 +41,7 @@ class Refusing:
 
     def __init__(self, status: int, retry_after: str | None):
         self.asked = 0
+        self.url = ""  # where it is served, once it is
         headers = {"Retry-After": retry_after} if retry_after is not None else None
 
         async def rerank(request):
