@@ -11,6 +11,11 @@ Three roles, as in text-embeddings-inference's queue/infer split:
 3. **The model thread** (one) only runs forward passes and hands each score to its request;
    a request's future resolves when its last pair is scored, with scores in its own order.
 
+A caller who goes away cancels its future (``asyncio`` does when the awaiting task is
+cancelled): its capacity is released and its waiting pairs leave the queue at once, pairs
+already cut into a batch are dropped before the forward pass, and a result that is ready
+anyway is thrown away. Nothing a caller does to its future can stop the model thread.
+
 ``close()`` stops accepting and drains: everything already accepted is scored and answered.
 """
 
@@ -22,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -62,6 +67,8 @@ class BatcherMetrics(Protocol):
 
     def request_finished(self, *, pairs: int, tokens: int, seconds: float, failed: bool) -> None: ...
 
+    def request_abandoned(self, *, pairs: int) -> None: ...
+
 
 class NoMetrics:
     """Metrics hooks that record nothing."""
@@ -73,6 +80,9 @@ class NoMetrics:
         pass
 
     def request_finished(self, *, pairs: int, tokens: int, seconds: float, failed: bool) -> None:
+        pass
+
+    def request_abandoned(self, *, pairs: int) -> None:
         pass
 
 
@@ -95,7 +105,7 @@ class _Request:
     raw_scores: np.ndarray | None = None
     remaining: int = 0
     started: bool = False
-    failed: bool = False
+    settled: bool = False  # answered, failed or abandoned: its pairs need no more model time
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +142,7 @@ class DynamicBatcher:
         self.max_wait = max_wait_ms / 1000
         self.max_queue_pairs = max_queue_pairs
         self.metrics = metrics or NoMetrics()
-        self._lock = threading.Condition()
+        self._lock = threading.Condition()  # re-entrant: _settle takes it again inside locked sections
         self._waiting: collections.deque[tuple[_Request, int]] = collections.deque()
         self._waiting_tokens = 0
         self._queued_pairs = 0  # accepted, not yet answered
@@ -152,6 +162,11 @@ class DynamicBatcher:
         """Pairs accepted and not yet answered."""
         return self._queued_pairs
 
+    @property
+    def alive(self) -> bool:
+        """Whether the queue owner and the model thread are running (False once closed)."""
+        return self._owner.is_alive() and self._model.is_alive()
+
     def submit(self, query: str, documents: Sequence[str]) -> Future:
         """Accept a request or raise ``Overloaded`` / ``BatcherClosed``; the future gets a ``ScoredRequest``."""
         if len(documents) > self.max_queue_pairs:
@@ -168,6 +183,7 @@ class DynamicBatcher:
                 )
             self._queued_pairs += len(documents)
             self._tokenizing += 1
+        request.future.add_done_callback(lambda future: self._drop_if_cancelled(request, future))
         if not documents:
             self._finish(request, np.empty(0, dtype=np.float32))
             with self._lock:
@@ -182,20 +198,44 @@ class DynamicBatcher:
 
     def _tokenize(self, request: _Request) -> None:
         try:
-            request.encoded = self.scorer.tokenize_query(request.query, request.documents)
-            request.raw_scores = np.empty(len(request.encoded), dtype=np.float32)
+            if not request.settled:  # skip a request abandoned while it waited for this thread
+                self._enqueue(request, self.scorer.tokenize_query(request.query, request.documents))
         except Exception as error:  # noqa: BLE001 - the caller gets the error on its future
             logger.exception("Tokenizing a rerank request failed")
             self._fail(request, error)
+        finally:
             with self._lock:
                 self._tokenizing -= 1
                 self._lock.notify_all()
+
+    def _enqueue(self, request: _Request, encoded: list[EncodedPair]) -> None:
+        request.encoded = encoded
+        request.raw_scores = np.empty(len(encoded), dtype=np.float32)
+        with self._lock:
+            if request.settled:  # abandoned while it was tokenized
+                return
+            self._waiting.extend((request, index) for index in range(len(encoded)))
+            self._waiting_tokens += sum(len(pair) for pair in encoded)
+
+    def _drop_if_cancelled(self, request: _Request, future: Future) -> None:
+        """Done callback: a cancelled request frees its capacity and leaves the queue at once."""
+        if not future.cancelled():
             return
         with self._lock:
-            self._waiting.extend((request, index) for index in range(len(request.encoded)))
-            self._waiting_tokens += sum(len(pair) for pair in request.encoded)
-            self._tokenizing -= 1
-            self._lock.notify_all()
+            if not self._settle(request):
+                return
+            self._remove_waiting(request)
+        self.metrics.request_abandoned(pairs=len(request.documents))
+
+    def _remove_waiting(self, request: _Request) -> None:
+        """Take a request's pairs out of the waiting queue (with the lock held)."""
+        kept: collections.deque[tuple[_Request, int]] = collections.deque()
+        for entry in self._waiting:
+            if entry[0] is request:
+                self._waiting_tokens -= len(request.encoded[entry[1]])
+            else:
+                kept.append(entry)
+        self._waiting = kept
 
     # ----- queue owner ---------------------------------------------------------------------
 
@@ -237,7 +277,7 @@ class DynamicBatcher:
             request, index = self._waiting.popleft()
             length = len(request.encoded[index])
             self._waiting_tokens -= length
-            if request.failed:
+            if request.settled:
                 continue
             window.append((request, index))
             tokens += length
@@ -258,20 +298,35 @@ class DynamicBatcher:
 
     def _run_model(self) -> None:
         while (batch := self._batches.get()) is not None:
-            self._mark_started(batch)
-            started = time.perf_counter()
             try:
-                scores = self.scorer.forward(batch.inputs)
-            except Exception as error:  # noqa: BLE001 - e.g. CUDA out of memory: fail these requests
+                self._run_batch(batch)
+            except Exception as error:  # noqa: BLE001 - e.g. CUDA out of memory: fail these requests, keep serving
                 logger.exception("A rerank forward pass failed")
                 for request in {request for request, _ in batch.owners}:
                     self._fail(request, error)
-                continue
-            seconds = time.perf_counter() - started
-            self.metrics.batch_scored(
-                pairs=len(batch.owners), tokens=batch.tokens, padded_tokens=batch.inputs.input_ids.size, seconds=seconds
-            )
-            self._dispatch(batch, scores)
+
+    def _run_batch(self, batch: _Batch) -> None:
+        live = self._without_settled(batch)
+        if live is None:
+            return
+        self._mark_started(live)
+        started = time.perf_counter()
+        scores = self.scorer.forward(live.inputs)
+        seconds = time.perf_counter() - started
+        self.metrics.batch_scored(
+            pairs=len(live.owners), tokens=live.tokens, padded_tokens=live.inputs.input_ids.size, seconds=seconds
+        )
+        self._dispatch(live, scores)
+
+    def _without_settled(self, batch: _Batch) -> _Batch | None:
+        """The batch less the pairs of requests settled since it was cut (padded again); None if empty."""
+        owners = [(request, index) for request, index in batch.owners if not request.settled]
+        if len(owners) == len(batch.owners):
+            return batch
+        if not owners:
+            return None
+        pairs = [request.encoded[index] for request, index in owners]
+        return _Batch(owners, self.scorer.collate(pairs), sum(len(pair) for pair in pairs))
 
     def _mark_started(self, batch: _Batch) -> None:
         now = time.perf_counter()
@@ -283,7 +338,7 @@ class DynamicBatcher:
     def _dispatch(self, batch: _Batch, scores: np.ndarray) -> None:
         """Hand each score to its request; resolve requests whose last pair this was."""
         for (request, index), score in zip(batch.owners, scores):
-            if request.failed:
+            if request.settled:  # failed, or abandoned during this batch: nobody wants the score
                 continue
             request.raw_scores[index] = score
             request.remaining -= 1
@@ -291,27 +346,31 @@ class DynamicBatcher:
                 self._finish(request, request.raw_scores)
 
     def _finish(self, request: _Request, raw_scores: np.ndarray) -> None:
+        if not self._settle(request):
+            return
         tokens = sum(len(pair) for pair in request.encoded)
         result = ScoredRequest(raw_scores, tokens, [pair.truncated for pair in request.encoded])
-        self._release(len(request.documents))
         self.metrics.request_finished(
             pairs=len(request.documents), tokens=tokens, seconds=time.perf_counter() - request.submitted_at, failed=False
         )
-        request.future.set_result(result)
+        _answer(request.future, result=result)
 
     def _fail(self, request: _Request, error: BaseException) -> None:
-        if request.failed:
+        if not self._settle(request):
             return
-        request.failed = True
-        self._release(len(request.documents))
         self.metrics.request_finished(
             pairs=len(request.documents), tokens=0, seconds=time.perf_counter() - request.submitted_at, failed=True
         )
-        request.future.set_exception(error)
+        _answer(request.future, error=error)
 
-    def _release(self, pairs: int) -> None:
+    def _settle(self, request: _Request) -> bool:
+        """Release a request's capacity; True only the first time, so it has exactly one outcome."""
         with self._lock:
-            self._queued_pairs -= pairs
+            if request.settled:
+                return False
+            request.settled = True
+            self._queued_pairs -= len(request.documents)
+            return True
 
     # ----- shutdown ------------------------------------------------------------------------
 
@@ -324,3 +383,14 @@ class DynamicBatcher:
         self._owner.join(timeout)
         self._model.join(timeout)
         return not (self._owner.is_alive() or self._model.is_alive())
+
+
+def _answer(future: Future, *, result: ScoredRequest | None = None, error: BaseException | None = None) -> None:
+    """Complete a caller's future, unless the caller cancelled it meanwhile: then nobody is waiting."""
+    try:
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass

@@ -8,20 +8,22 @@ Endpoints: ``POST /v1/rerank`` (Cohere/Jina/vLLM shape), ``POST /rerank`` (TEI s
 ``GET /v1/models``. Every error is JSON ``{"error", "error_type"}``.
 
 The model loads in a background thread at start-up so that /health answers at once. Handlers
-validate and submit to the ``DynamicBatcher``; on shutdown uvicorn finishes open requests and
+validate and submit to the ``DynamicBatcher``; a client that disconnects while it waits cancels
+its pairs (answered 499, counted in the metrics). On shutdown uvicorn finishes open requests and
 the batcher drains what is queued.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
 import threading
 import time
 from dataclasses import MISSING, dataclass, fields
-from typing import Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -48,6 +50,8 @@ from reranking.protocol import (
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,10 @@ class ServerMetrics:
             buckets=(1, 5, 10, 25, 50, 100, 200, 500, 1000),
         )
         self.queued_pairs = Gauge("reranker_queued_pairs", "Pairs accepted and not yet answered.", registry=registry)
+        self.abandoned = Counter(
+            "reranker_abandoned_requests", "Requests whose caller left before the answer; their unscored pairs were dropped.",
+            registry=registry,
+        )
         self.model_loaded = Gauge("reranker_model_loaded", "1 once the model is loaded.", registry=registry)
 
     # BatcherMetrics hooks
@@ -180,6 +188,9 @@ class ServerMetrics:
         # Requests by endpoint and status are counted by the HTTP middleware; this sizes them.
         self.request_pairs.observe(pairs)
 
+    def request_abandoned(self, *, pairs: int) -> None:
+        self.abandoned.inc()
+
 
 # ----- the worker --------------------------------------------------------------------------
 
@@ -190,6 +201,34 @@ class ApiError(Exception):
     def __init__(self, status: int, error_type: str, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.error_type, self.message, self.retry_after = status, error_type, message, retry_after
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it and raise ``ClientDisconnected`` if the client goes first.
+
+    uvicorn does not cancel a handler whose client disconnects (tried: the work went on to the
+    end), so this listens for the ``http.disconnect`` message beside the work.
+    """
+    working = asyncio.ensure_future(work)
+    disconnect = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((working, disconnect), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        working.cancel()  # no-op once done; stops the work if this handler is itself cancelled
+        disconnect.cancel()
+    if working.done() and not working.cancelled():
+        return working.result()
+    raise ClientDisconnected("The client closed the connection before the ranking was ready.")
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has gone (the body is already read, so that is all receive says)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 ScorerLoader = Callable[[Settings], CrossEncoderScorer]
@@ -250,8 +289,8 @@ class RerankerWorker:
             raise ApiError(503, "unavailable", "The model is still loading: retry shortly.", RETRY_AFTER_SECONDS)
         return self.batcher
 
-    async def score(self, query: str, documents: list[str]) -> ScoredRequest:
-        """Validate the size, queue the pairs and wait for their raw scores."""
+    async def score(self, query: str, documents: list[str], *, client: Request) -> ScoredRequest:
+        """Validate the size, queue the pairs and wait for their raw scores while ``client`` is connected."""
         if len(documents) > self.settings.max_documents:
             raise ApiError(
                 413,
@@ -260,7 +299,9 @@ class RerankerWorker:
             )
         batcher = self.require_ready()
         try:
-            return await batcher.score(query, documents)
+            return await unless_disconnected(client, batcher.score(query, documents))
+        except ClientDisconnected as error:
+            raise ApiError(499, "client_closed", str(error)) from error
         except Overloaded as error:
             raise ApiError(429, "overloaded", str(error), RETRY_AFTER_SECONDS) from error
         except BatcherClosed as error:
@@ -313,9 +354,9 @@ def create_app(settings: Settings, *, loader: ScorerLoader = load_scorer) -> Fas
         return response
 
     @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
-    async def rerank(body: RerankRequest) -> RerankResponse:
+    async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         """Rank documents by relevance to the query (Cohere / Jina / vLLM shape), best first."""
-        scored = await worker.score(body.query, body.documents)
+        scored = await worker.score(body.query, body.documents, client=request)
         scores = sigmoid(scored.raw_scores)
         results = [
             RerankResult(
@@ -328,9 +369,9 @@ def create_app(settings: Settings, *, loader: ScorerLoader = load_scorer) -> Fas
         return RerankResponse(model=settings.model_id, results=results, usage=RerankUsage(total_tokens=scored.tokens))
 
     @app.post("/rerank", response_model=list[TeiRank], response_model_exclude_none=True)
-    async def rerank_tei(body: TeiRerankRequest) -> list[TeiRank]:
+    async def rerank_tei(body: TeiRerankRequest, request: Request) -> list[TeiRank]:
         """Rank texts by relevance to the query (text-embeddings-inference shape), best first."""
-        scored = await worker.score(body.query, body.texts)
+        scored = await worker.score(body.query, body.texts, client=request)
         if body.truncate is False and any(scored.truncated):
             index = scored.truncated.index(True)
             raise ApiError(

@@ -1,16 +1,19 @@
 """The app's client for reranker workers (reranking.server): round robin, health, fallback.
 
 Workers are listed in RERANKER_URL (comma-separated). Each call goes to the next worker
-that is not cooling down after a failure; a worker that times out or errs is skipped for
-RERANKER_RETRY_AFTER_SECONDS. When no worker answers, the candidates keep their retrieval
-order and the outcome says `reranked=False` with the reason, so callers can show it.
+that is not resting; a worker that times out or errs rests for RERANKER_RETRY_AFTER_SECONDS,
+and one that is only overloaded (429/503 with Retry-After) rests for the time it asked. Either
+way the call moves on to the next worker at once. When no worker answers, the candidates keep
+their retrieval order and the outcome says `reranked=False` with the reason, so callers can show it.
 """
 
+import email.utils
 import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import httpx
 from django.conf import settings
@@ -18,6 +21,10 @@ from django.conf import settings
 from ragapp.retrieval.selectors import Candidate
 
 logger = logging.getLogger(__name__)
+
+# An overloaded worker that asks for a longer pause is tried again after this: a burst passes in
+# seconds, and a worker (or a proxy before it) asking for minutes would idle a GPU that long.
+LONGEST_OVERLOAD_PAUSE_SECONDS = 10.0
 
 
 class RerankerUnavailable(Exception):
@@ -46,16 +53,13 @@ class RerankOutcome:
 @dataclass
 class _Worker:
     url: str
-    failed_at: float | None = None
+    resting_until: float = 0.0  # time.monotonic() before which the worker is skipped
     last_error: str = ""
-
-    def available(self, now: float, retry_after: float) -> bool:
-        return self.failed_at is None or now - self.failed_at >= retry_after
 
 
 @dataclass
 class RerankerPool:
-    """Round robin over worker URLs, skipping recently failed ones."""
+    """Round robin over worker URLs, skipping those resting after a failure or an overload."""
 
     urls: list[str]
     timeout: float = 10.0
@@ -79,9 +83,9 @@ class RerankerPool:
             try:
                 return self._ask(worker, query, documents), worker.url
             except (httpx.HTTPError, ValueError, KeyError) as error:
-                self._mark_failed(worker, error)
+                self._rest(worker, error)
                 errors.append(f"{worker.url}: {worker.last_error}")
-        raise RerankerUnavailable("no reranker worker answered (" + "; ".join(errors or ["all cooling down after errors"]) + ")")
+        raise RerankerUnavailable("no reranker worker answered (" + "; ".join(errors or ["all resting after errors or overload"]) + ")")
 
     def _rotation(self) -> list[_Worker]:
         """Workers in round-robin order from the next turn, healthy ones only."""
@@ -89,7 +93,7 @@ class RerankerPool:
             start = next(self._turn) % len(self.workers)
         now = time.monotonic()
         ordered = self.workers[start:] + self.workers[:start]
-        return [worker for worker in ordered if worker.available(now, self.retry_after)]
+        return [worker for worker in ordered if worker.resting_until <= now]
 
     def _ask(self, worker: _Worker, query: str, documents: list[str]) -> list[float]:
         response = self._client.post(f"{worker.url}/v1/rerank", json={"query": query, "documents": documents})
@@ -97,12 +101,30 @@ class RerankerPool:
         scores = [0.0] * len(documents)
         for result in response.json()["results"]:
             scores[result["index"]] = float(result["relevance_score"])
-        worker.failed_at = None
         return scores
 
-    def _mark_failed(self, worker: _Worker, error: Exception) -> None:
-        worker.failed_at, worker.last_error = time.monotonic(), _describe(error)
-        logger.warning("Reranker worker %s failed: %s", worker.url, worker.last_error)
+    def _rest(self, worker: _Worker, error: Exception) -> None:
+        """Skip a worker for the pause an overloaded one asked for, else for the retry period."""
+        asked = _asked_pause(error)
+        pause = self.retry_after if asked is None else min(asked, LONGEST_OVERLOAD_PAUSE_SECONDS)
+        worker.resting_until, worker.last_error = time.monotonic() + pause, _describe(error)
+        logger.warning("Reranker worker %s failed: %s; skipped for %.0f s", worker.url, worker.last_error, pause)
+
+
+def _asked_pause(error: Exception) -> float | None:
+    """Seconds a 429/503 answer's Retry-After asks for (delta-seconds or an HTTP date); None otherwise."""
+    if not isinstance(error, httpx.HTTPStatusError) or error.response.status_code not in (429, 503):
+        return None
+    value = error.response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": a date in UTC with no zone given
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _describe(error: Exception) -> str:

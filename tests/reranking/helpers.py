@@ -1,16 +1,21 @@
-"""Test helpers for the reranker: a gate on forward passes, a real server in a thread, metrics."""
+"""Test helpers for the reranker: a gate on forward passes, a slow stub model, a real server in a
+thread, a client that leaves without reading its answer, metrics."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import threading
 import time
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import uvicorn
 
-from reranking.model import CrossEncoderScorer
+from reranking.model import CrossEncoderScorer, EncodedPair, ModelInputs
 from reranking.server import Settings, load_scorer
 
 
@@ -46,6 +51,42 @@ def gated_loader(gate: Gate, *, hold_loading: threading.Event | None = None):
     return load
 
 
+class SlowStubScorer:
+    """A stand-in model that costs real time per pair and records every document it scores.
+
+    A pair's token ids are its document's characters, so a forward pass can read back which
+    documents it was given. The raw score of a pair is its document's length over 100.
+    """
+
+    max_length = 512
+    device = "stub"
+
+    def __init__(self, *, seconds_per_pair: float, token_budget: int = 4096):
+        self.seconds_per_pair = seconds_per_pair
+        self.token_budget = token_budget
+        self.scored: list[str] = []  # documents, in the order the model saw them
+
+    @staticmethod
+    def raw_score(document: str) -> float:
+        return len(document) / 100
+
+    def tokenize_query(self, query: str, documents) -> list[EncodedPair]:
+        return [EncodedPair([ord(character) for character in document[: self.max_length]], None) for document in documents]
+
+    def collate(self, batch) -> ModelInputs:
+        width = max(len(pair) for pair in batch)
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)
+        for row, pair in enumerate(batch):
+            input_ids[row, : len(pair)] = pair.input_ids
+        return ModelInputs(input_ids, (input_ids != 0).astype(np.int64), None)
+
+    def forward(self, inputs: ModelInputs) -> np.ndarray:
+        documents = ["".join(chr(code) for code in row if code) for row in inputs.input_ids.tolist()]
+        self.scored.extend(documents)
+        time.sleep(self.seconds_per_pair * len(documents))
+        return np.array([self.raw_score(document) for document in documents], dtype=np.float32)
+
+
 @contextlib.contextmanager
 def running_server(app) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn server on a free port in a thread; yield its base URL."""
@@ -66,11 +107,29 @@ def running_server(app) -> Iterator[str]:
         thread.join(60)
 
 
+def send_without_reading(url: str, path: str, body: dict) -> socket.socket:
+    """POST ``body`` on a raw socket and return the socket unread: closing it is the client leaving."""
+    address = urlsplit(url)
+    content = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n"
+    connection = socket.create_connection((address.hostname, address.port))
+    connection.sendall(head.encode() + content)
+    return connection
+
+
 def wait_until_healthy(client: httpx.Client, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while client.get("/health").status_code != 200:
         assert time.monotonic() < deadline, "the model did not load"
         time.sleep(0.02)
+
+
+def wait_for_metric(client: httpx.Client, name: str, value: float, timeout: float = 30) -> None:
+    """Poll /metrics until the sample ``name`` reaches ``value``."""
+    deadline = time.monotonic() + timeout
+    while metric_value(client.get("/metrics").text, name) < value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.01)
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:

@@ -1,4 +1,4 @@
-"""DynamicBatcher: shared batches across requests, bounded queue, order, drain."""
+"""DynamicBatcher: shared batches across requests, bounded queue, order, drain, abandoned requests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from reranking.batcher import BatcherClosed, DynamicBatcher, Overloaded, RequestTooLarge
 from reranking.model import CrossEncoderScorer
-from tests.reranking.helpers import Gate
+from tests.reranking.helpers import Gate, SlowStubScorer
 
 
 class CountingMetrics:
@@ -21,6 +21,7 @@ class CountingMetrics:
         self.padded_tokens: list[int] = []
         self.queue_waits: list[float] = []
         self.finished: list[bool] = []
+        self.abandoned: list[int] = []
 
     def batch_scored(self, *, pairs, tokens, padded_tokens, seconds):
         self.batch_sizes.append(pairs)
@@ -32,6 +33,9 @@ class CountingMetrics:
     def request_finished(self, *, pairs, tokens, seconds, failed):
         self.finished.append(failed)
 
+    def request_abandoned(self, *, pairs):
+        self.abandoned.append(pairs)
+
 
 @pytest.fixture
 def gated_scorer(one_logit_model_path):
@@ -41,6 +45,20 @@ def gated_scorer(one_logit_model_path):
     scorer.forward = gate.wrap(scorer.forward)
     yield scorer, gate
     gate.open()
+
+
+@pytest.fixture
+def gated_stub():
+    """A stub model that records what it scores, its forward passes held until the test opens the gate."""
+    stub, gate = SlowStubScorer(seconds_per_pair=0), Gate()
+    stub.forward = gate.wrap(stub.forward)
+    yield stub, gate
+    gate.open()
+
+
+def labelled(label, count):
+    """``count`` documents of different lengths, each starting with ``label``."""
+    return [f"{label} {index} " + "x" * index for index in range(count)]
 
 
 def split_requests(pairs, size):
@@ -174,3 +192,70 @@ def test_queue_wait_is_reported_once_per_request(scorer, pairs):
     batcher.close()
 
     assert len(metrics.queue_waits) == 4 and all(wait >= 0 for wait in metrics.queue_waits)
+
+
+def test_a_request_cancelled_during_its_batch_is_discarded_and_the_model_thread_serves_on(gated_stub):
+    stub, gate = gated_stub
+    batcher = DynamicBatcher(stub, max_wait_ms=0)
+    running = batcher.submit("query", labelled("running", 5))
+    assert gate.entered.wait(30)
+
+    assert running.cancel()
+    gate.open()
+    later = batcher.submit("query", labelled("later", 3))
+
+    np.testing.assert_allclose(later.result(timeout=30).raw_scores, [stub.raw_score(d) for d in labelled("later", 3)])
+    assert batcher.alive and batcher.queued_pairs == 0
+    batcher.close()
+
+
+def test_a_cancelled_request_frees_its_queue_capacity_at_once(gated_stub):
+    stub, gate = gated_stub
+    batcher = DynamicBatcher(stub, max_queue_pairs=10, max_wait_ms=0)
+    running = batcher.submit("query", labelled("running", 8))
+    assert gate.entered.wait(30)
+
+    running.cancel()
+    replacement = batcher.submit("query", labelled("replacement", 10))  # would be Overloaded if 8 were still held
+    gate.open()
+
+    assert len(replacement.result(timeout=30).raw_scores) == 10
+    batcher.close()
+
+
+def test_requests_cancelled_before_or_during_their_batch_cost_no_model_time_and_the_others_are_answered(gated_stub):
+    stub, gate = gated_stub
+    padded = threading.Condition()
+    padded_batches: list[set[str]] = []  # the documents of each batch the queue owner padded
+    real_collate = stub.collate
+
+    def recording_collate(batch):
+        with padded:
+            padded_batches.append({"".join(map(chr, pair.input_ids)) for pair in batch})
+            padded.notify_all()
+        return real_collate(batch)
+
+    stub.collate = recording_collate
+    metrics = CountingMetrics()
+    batcher = DynamicBatcher(stub, max_wait_ms=200, token_budget=100_000, metrics=metrics)
+    running = batcher.submit("query", labelled("running", 3))
+    assert gate.entered.wait(30)  # the model holds the first batch; the others queue behind it
+
+    waiting = batcher.submit("query", labelled("waiting", 3))
+    waiting.cancel()  # before its batch is built
+    kept = batcher.submit("query", labelled("kept", 4))
+    cut = batcher.submit("query", labelled("cut", 4))
+    with padded:  # wait until one batch holds both kept's and cut's pairs
+        assert padded.wait_for(lambda: any({"kept 0 ", "cut 0 "} <= batch for batch in padded_batches), 30)
+    cut.cancel()  # its pairs are in a batch already built
+    running.cancel()  # during its batch
+    gate.open()
+
+    np.testing.assert_allclose(kept.result(timeout=30).raw_scores, [stub.raw_score(d) for d in labelled("kept", 4)])
+    assert all(future.cancelled() for future in (running, waiting, cut))
+    assert not [document for document in stub.scored if document.startswith(("waiting", "cut"))]
+    assert sorted(metrics.abandoned) == [3, 3, 4]
+    assert batcher.queued_pairs == 0
+    assert len(batcher.submit("query", labelled("after", 2)).result(timeout=30).raw_scores) == 2
+    assert batcher.alive
+    batcher.close()

@@ -1,17 +1,28 @@
-"""The reranker worker over real HTTP: both API shapes, errors, overload, batching, health, drain."""
+"""The reranker worker over real HTTP: both API shapes, errors, overload, batching, health, drain,
+clients that leave."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 
-from reranking.model import CrossEncoderScorer
+from reranking.model import CrossEncoderScorer, sigmoid
 from reranking.server import OPTIONS, Settings, create_app, parse_settings
-from tests.reranking.helpers import Gate, gated_loader, metric_value, running_server, wait_until_healthy
+from tests.reranking.helpers import (
+    Gate,
+    SlowStubScorer,
+    gated_loader,
+    metric_value,
+    running_server,
+    send_without_reading,
+    wait_for_metric,
+    wait_until_healthy,
+)
 
 QUERY = "how do cross encoders rank passages"
 DOCUMENTS = [
@@ -341,3 +352,69 @@ def test_command_line_server_serves_and_exits_cleanly_on_sigterm(one_logit_model
 
     assert response.status_code == 200
     assert "Finished server process" in process.stderr.read()
+
+
+def stub_app(stub: SlowStubScorer, **settings):
+    """A worker app serving ``stub`` in place of a model."""
+    return create_app(Settings(model="stub", **settings), loader=lambda _: stub)
+
+
+def expected_ranking(stub: SlowStubScorer, documents: list[str]) -> list[tuple[int, float]]:
+    """(index, relevance score) best first, as the worker should answer for ``documents``."""
+    scores = sigmoid(np.array([stub.raw_score(document) for document in documents]))
+    return [(int(index), float(scores[index])) for index in np.argsort(-scores, kind="stable")]
+
+
+@pytest.mark.parametrize(("path", "field"), [("/v1/rerank", "documents"), ("/rerank", "texts")])
+def test_a_client_that_disconnects_while_its_request_waits_costs_no_model_time(path, field):
+    stub, gate = SlowStubScorer(seconds_per_pair=0), Gate()
+    stub.forward = gate.wrap(stub.forward)
+    kept, gone = [f"kept {index}" for index in range(3)], [f"gone {index}" for index in range(5)]
+
+    with running_server(stub_app(stub, max_wait_ms=0)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        wait_until_healthy(client)
+        with ThreadPoolExecutor(1) as pool:
+            answered = pool.submit(client.post, path, json={"query": QUERY, field: kept})
+            assert gate.entered.wait(30)  # the model holds kept's batch
+            leaving = send_without_reading(url, path, {"query": QUERY, field: gone})
+            wait_for_metric(client, "reranker_queued_pairs", len(kept) + len(gone))
+            leaving.close()
+            wait_for_metric(client, "reranker_abandoned_requests_total", 1)
+            gate.open()
+            response = answered.result(60)
+        metrics = client.get("/metrics").text
+
+    assert response.status_code == 200
+    assert stub.scored == kept
+    assert metric_value(metrics, "reranker_queued_pairs") == 0
+    assert metric_value(metrics, "reranker_requests_total", f'endpoint="{path}",status="499"') == 1
+
+
+def test_after_a_burst_of_abandoned_requests_a_new_request_is_answered_at_once():
+    # 36 requests of 100 documents at 30 ms a pair: 108 s of model time, all of it spent before
+    # this fix while the next request waited. 40-character documents make batches of 50 pairs.
+    stub = SlowStubScorer(seconds_per_pair=0.03, token_budget=2000)
+    abandoned = [[f"abandoned {request:02d} {index:03d}".ljust(40, ".") for index in range(100)] for request in range(36)]
+    fresh = [f"fresh {index} " + "x" * index * 9 for index in range(10)]
+
+    app = stub_app(stub)
+
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        wait_until_healthy(client)
+        leaving = [send_without_reading(url, "/v1/rerank", {"query": QUERY, "documents": documents}) for documents in abandoned]
+        wait_for_metric(client, "reranker_queued_pairs", 36 * 100)
+        for connection in leaving:
+            connection.close()
+        started = time.monotonic()
+        response = client.post("/v1/rerank", json={"query": QUERY, "documents": fresh}, timeout=10)
+        seconds = time.monotonic() - started
+        wait_for_metric(client, "reranker_abandoned_requests_total", 36)
+        model_thread_alive = app.state.worker.batcher.alive
+
+    assert response.status_code == 200 and seconds < 10
+    ranking, expected = response.json()["results"], expected_ranking(stub, fresh)
+    assert [result["index"] for result in ranking] == [index for index, _ in expected]
+    np.testing.assert_allclose([result["relevance_score"] for result in ranking], [score for _, score in expected], rtol=1e-6)
+    # At most the batch in progress, and one begun while the disconnects were arriving.
+    assert len([document for document in stub.scored if document.startswith("abandoned")]) <= 2 * 50
+    assert model_thread_alive

@@ -1,9 +1,21 @@
-"""The app's reranker client against real workers over HTTP: order, round robin, fallback."""
+"""The app's reranker client against real workers over HTTP: order, round robin, fallback, overload."""
+
+import time
+from email.utils import formatdate
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from ragapp.retrieval.rerank_client import RerankerPool, candidates_rerank, fused_score
+from ragapp.retrieval.rerank_client import (
+    LONGEST_OVERLOAD_PAUSE_SECONDS,
+    RerankerPool,
+    RerankerUnavailable,
+    candidates_rerank,
+    fused_score,
+)
 from ragapp.retrieval.selectors import chunk_search
 from reranking.server import Settings, create_app
 from reranking.synthetic import build_preset_cross_encoder
@@ -22,6 +34,43 @@ def worker_url(tmp_path_factory):
         with httpx.Client(base_url=url, timeout=60) as client:
             wait_until_healthy(client)
         yield url
+
+
+class Refusing:
+    """A real server whose every rerank is refused with one status and Retry-After; it counts the requests."""
+
+    def __init__(self, status: int, retry_after: str | None):
+        self.asked = 0
+        self.url = ""  # where it is served, once it is
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+
+        async def rerank(request):
+            self.asked += 1
+            return JSONResponse({"error": "busy", "error_type": "overloaded"}, status_code=status, headers=headers)
+
+        self.app = Starlette(routes=[Route("/v1/rerank", rerank, methods=["POST"])])
+
+
+@pytest.fixture
+def overloaded():
+    """A worker that answers 429 with Retry-After: 1, as a full reranker queue does."""
+    refusing = Refusing(429, "1")
+    with running_server(refusing.app) as url:
+        refusing.url = url
+        yield refusing
+
+
+def why_unanswered(pool: RerankerPool) -> str:
+    """Ask the pool to rank one document when no worker will answer; return the reason."""
+    with pytest.raises(RerankerUnavailable) as unavailable:
+        pool.scores(query="taxi", documents=["Taxis are reimbursed with a receipt."])
+    return str(unavailable.value)
+
+
+def resting_seconds(pool: RerankerPool, url: str) -> float:
+    """How much longer the pool skips the worker at ``url``."""
+    worker = next(worker for worker in pool.workers if worker.url == url)
+    return worker.resting_until - time.monotonic()
 
 
 @pytest.fixture
@@ -44,7 +93,7 @@ def test_dead_worker_is_skipped_and_the_live_one_answers(worker_url, candidates)
     pool = RerankerPool([DEAD_WORKER, worker_url], timeout=2)
     outcomes = [candidates_rerank(query="taxi", candidates=candidates, pool=pool) for _ in range(3)]
     assert all(o.reranked and o.worker == worker_url for o in outcomes)
-    assert pool.workers[0].failed_at is not None and "refused" in pool.workers[0].last_error
+    assert pool.workers[0].resting_until > time.monotonic() and "refused" in pool.workers[0].last_error
 
 
 def test_no_worker_keeps_retrieval_order_flagged_with_the_reason(candidates):
@@ -65,6 +114,44 @@ def test_a_worker_killed_mid_service_falls_back_with_the_flag(tmp_path, candidat
         assert candidates_rerank(query="taxi", candidates=candidates, pool=pool).reranked
     outcome = candidates_rerank(query="taxi", candidates=candidates, pool=pool)
     assert not outcome.reranked and url in outcome.reason
+
+
+def test_an_overloaded_worker_passes_the_request_to_the_next_one_at_once(overloaded, worker_url, candidates):
+    pool = RerankerPool([overloaded.url, worker_url], timeout=2, retry_after=30)
+
+    outcome = candidates_rerank(query="taxi", candidates=candidates, pool=pool)
+
+    assert outcome.reranked and outcome.worker == worker_url
+    assert overloaded.asked == 1
+    assert 0 < resting_seconds(pool, overloaded.url) <= 1
+
+
+def test_an_overloaded_worker_rests_only_as_long_as_its_retry_after(overloaded):
+    pool = RerankerPool([overloaded.url], timeout=2, retry_after=30)
+
+    first, during_the_pause = why_unanswered(pool), why_unanswered(pool)
+    time.sleep(1.1)
+    why_unanswered(pool)
+
+    assert "HTTP 429" in first and "resting" in during_the_pause
+    assert overloaded.asked == 2  # asked again one second later, not thirty
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "longest_rest"),
+    [
+        (429, lambda: "3600", LONGEST_OVERLOAD_PAUSE_SECONDS),  # a long pause asked for is cut to the limit
+        (503, lambda: formatdate(time.time() + 3, usegmt=True), 3),  # Retry-After as an HTTP date
+        (503, lambda: None, 30),  # no Retry-After: a failure like any other, the full retry period
+    ],
+)
+def test_the_rest_after_a_refusal_follows_retry_after_within_a_limit(status, retry_after, longest_rest):
+    refusing = Refusing(status, retry_after())
+    with running_server(refusing.app) as url:
+        pool = RerankerPool([url], timeout=2, retry_after=30)
+        why_unanswered(pool)
+
+    assert longest_rest - 1.5 < resting_seconds(pool, url) <= longest_rest
 
 
 def test_fusion_weight_blends_reranker_and_retrieval_ranks():
