@@ -4,15 +4,17 @@ document every time, and a task that fails with an exception. No document stays 
 import time
 
 import pytest
+from asgiref.sync import async_to_sync
 from croniter import croniter
 from django.core.files.base import ContentFile
+from django.db import connection
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from ragapp.documents import parsing
 from ragapp.documents.models import Chunk, Document
-from ragapp.documents.services import collection_get_or_create, document_create
-from ragapp.documents.tasks import every_seconds
+from ragapp.documents.services import collection_get_or_create, document_create, document_reingest
+from ragapp.documents.tasks import every_seconds, retry_stalled_jobs
 from tests.conftest import text_statistics_hold
 from tests.documents.workers import wait_until, worker_environment, worker_start, worker_stop
 
@@ -109,6 +111,29 @@ def test_a_document_whose_worker_dies_every_time_fails_with_the_reason_after_the
     assert "out of memory" in document.error and "re-ingest" in document.error
     assert (document.progress, document.chunks.count()) == (0, 0) and text_statistics_hold(collection)
     assert ingestion_job(document).status == "failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stalled_job_of_a_document_queued_again_meanwhile_leaves_the_work_to_the_waiting_job(collection):
+    document = upload(collection, "handbook.txt", b"Train tickets are reimbursed in second class.")
+    stalled = ingestion_job(document)
+    with connection.cursor() as cursor:  # as a worker that died holding it leaves it, once its row is pruned
+        cursor.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL WHERE id = %s", [stalled.id])
+    document_reingest(document=document)  # the administrator queues it again: a second job
+
+    with app.replace_connector(app.connector.get_worker_connector()) as worker_app:
+        async_to_sync(stalled_jobs_check)(worker_app)
+        worker_app.run_worker(queues=["ingestion"], wait=False, install_signal_handlers=False, listen_notify=False)
+
+    document.refresh_from_db()
+    jobs = ProcrastinateJob.objects.filter(task_name="ingest_document", args__document_id=document.pk)
+    assert list(jobs.values_list("id", "status")) == [(stalled.id, "failed")]  # the second one succeeded
+    assert document.status == Document.Status.READY and document.chunks.count() == 1
+
+
+async def stalled_jobs_check(worker_app) -> None:
+    async with worker_app.open_async():
+        await retry_stalled_jobs(timestamp=0)
 
 
 @pytest.mark.django_db(transaction=True)
