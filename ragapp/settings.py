@@ -279,8 +279,8 @@ if INGESTION_MAX_ATTEMPTS < 1:
     raise ImproperlyConfigured("INGESTION_MAX_ATTEMPTS must be at least 1.")
 
 # `manage.py procrastinate worker` (what serve and docker-compose run) takes these: both queues, and
-# the heartbeat above. Finished jobs are deleted: a document's status is the record of its ingestion,
-# and the stalled-job check would otherwise leave a row behind every few seconds.
+# the heartbeat above. Jobs that succeed are deleted (failed ones stay): a document's status is the
+# record of its ingestion, and the stalled-job check would otherwise leave a row every few seconds.
 PROCRASTINATE_WORKER_DEFAULTS = {
     "queues": ["ingestion", "maintenance"],
     "update_heartbeat_interval": WORKER_HEARTBEAT_SECONDS,
