@@ -263,7 +263,36 @@ ADMIN_USERNAME = env_str("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
 ADMIN_EMAIL = env_str("ADMIN_EMAIL")
 
-PROCRASTINATE_WORKER_DEFAULTS = {"queues": ["ingestion"]}
+# A worker that dies mid-job (killed, out of memory, machine lost) stops its heartbeat, sent every
+# WORKER_HEARTBEAT_SECONDS. Silent for WORKER_STALLED_SECONDS, it is taken for dead: a check run as often
+# queues its job again, so the job waits at most about twice that for a free worker. A document whose
+# worker died INGESTION_MAX_ATTEMPTS times fails with the reason (see ragapp.documents.tasks).
+def worker_heartbeat_seconds() -> tuple[int, int]:
+    """Return (WORKER_HEARTBEAT_SECONDS, WORKER_STALLED_SECONDS), refusing a timeout one late heartbeat would pass."""
+    heartbeat, stalled = env_int("WORKER_HEARTBEAT_SECONDS", 10), env_int("WORKER_STALLED_SECONDS", 30)
+    if heartbeat < 1 or stalled < 2 * heartbeat:
+        raise ImproperlyConfigured(
+            f"WORKER_STALLED_SECONDS ({stalled}) must be at least twice WORKER_HEARTBEAT_SECONDS ({heartbeat}, at "
+            "least 1): a worker whose heartbeat is a little late would otherwise be taken for dead, and its document "
+            "ingested twice."
+        )
+    return heartbeat, stalled
+
+
+WORKER_HEARTBEAT_SECONDS, WORKER_STALLED_SECONDS = worker_heartbeat_seconds()
+INGESTION_MAX_ATTEMPTS = env_int("INGESTION_MAX_ATTEMPTS", 3)
+if INGESTION_MAX_ATTEMPTS < 1:
+    raise ImproperlyConfigured("INGESTION_MAX_ATTEMPTS must be at least 1.")
+
+# `manage.py procrastinate worker` (what serve and docker-compose run) takes these: both queues, and
+# the heartbeat above. Jobs that succeed are deleted (failed ones stay): a document's status is the
+# record of its ingestion, and the stalled-job check would otherwise leave a row every few seconds.
+PROCRASTINATE_WORKER_DEFAULTS = {
+    "queues": ["ingestion", "maintenance"],
+    "update_heartbeat_interval": WORKER_HEARTBEAT_SECONDS,
+    "stalled_worker_timeout": WORKER_STALLED_SECONDS,
+    "delete_jobs": "successful",
+}
 
 LOGGING = {
     "version": 1,

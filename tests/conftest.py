@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.files.base import ContentFile
+from django.db import connection
 
 from ragapp.answers.local_generator import LocalGeneratorError, LocalServer, server_start
+from ragapp.documents.models import CollectionTextStatistics
 from ragapp.documents.services import collection_get_or_create, document_create, document_ingest
 
 
@@ -29,6 +31,16 @@ def make_pdf(pages: list[str]) -> bytes:
         pdf.showPage()
     pdf.save()
     return buffer.getvalue()
+
+
+def text_statistics_hold(collection) -> bool:
+    """Whether the collection's stored BM25 totals equal the totals counted from its chunks now."""
+    stored = CollectionTextStatistics.objects.filter(collection=collection).first()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), coalesce(sum(length(search_vector)), 0) FROM documents_chunk WHERE collection_id = %s",
+                       [collection.pk])
+        chunks, lexemes = cursor.fetchone()
+    return (stored.chunk_count, stored.lexeme_count) == (chunks, lexemes) if stored else chunks == 0
 
 
 @pytest.fixture

@@ -53,3 +53,17 @@ def test_a_malformed_proxy_header_names_the_expected_form(monkeypatch, raw):
     monkeypatch.setenv("SECURE_PROXY_SSL_HEADER", raw)
     with pytest.raises(ImproperlyConfigured, match="must be HEADER,VALUE.*X-Forwarded-Proto,https"):
         project_settings.proxy_ssl_header()
+
+
+def test_worker_heartbeat_and_stalled_timeout_default_to_procrastinates(monkeypatch):
+    monkeypatch.delenv("WORKER_HEARTBEAT_SECONDS", raising=False)
+    monkeypatch.delenv("WORKER_STALLED_SECONDS", raising=False)
+    assert project_settings.worker_heartbeat_seconds() == (10, 30)
+
+
+@pytest.mark.parametrize("heartbeat, stalled", [("10", "15"), ("0", "30")])
+def test_a_stalled_timeout_a_late_heartbeat_would_pass_is_refused(monkeypatch, heartbeat, stalled):
+    monkeypatch.setenv("WORKER_HEARTBEAT_SECONDS", heartbeat)
+    monkeypatch.setenv("WORKER_STALLED_SECONDS", stalled)
+    with pytest.raises(ImproperlyConfigured, match="must be at least twice WORKER_HEARTBEAT_SECONDS"):
+        project_settings.worker_heartbeat_seconds()

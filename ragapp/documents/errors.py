@@ -37,6 +37,10 @@ class TextEncodingError(DocumentError):
     pass
 
 
+class WorkerStopped(DocumentError):
+    pass
+
+
 MEGABYTE = 1024 * 1024
 
 
@@ -60,4 +64,14 @@ def archive_too_large(*, expanded_bytes: int, members: int, limits) -> ArchiveTo
         f"The file expands to more than {limits.max_expanded_bytes / MEGABYTE:.0f} MB when unpacked "
         f"({expanded_bytes / MEGABYTE:,.0f} MB), so it was not read. Split the document into smaller files, "
         "or raise MAX_EXPANDED_MB."
+    )
+
+
+def worker_stopped(attempts: int) -> WorkerStopped:
+    """Return the error for a document whose worker died during every attempt to ingest it."""
+    times = "once" if attempts == 1 else f"{attempts} times"
+    return WorkerStopped(
+        f"The ingestion worker stopped {times} while reading this document, before it was done: most often it ran "
+        "out of memory. Split the document into smaller files, or give the worker more memory (see its log), "
+        "then re-ingest it."
     )

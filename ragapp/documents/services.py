@@ -17,7 +17,7 @@ from django.utils.text import slugify
 
 from ragapp.documents import chunking, embedding, parsing
 from ragapp.documents.content import ChunkDraft
-from ragapp.documents.errors import DocumentError, file_too_large
+from ragapp.documents.errors import DocumentError, file_too_large, worker_stopped
 from ragapp.documents.models import Chunk, Collection, Document
 from ragapp.documents.segmentation import segment_for_search
 
@@ -118,9 +118,21 @@ def document_reingest(*, document: Document) -> bool:
     nothing stored to read again, only a new upload helps."""
     if not document.file:
         return False
-    Document.objects.filter(pk=document.pk).update(status=Status.QUEUED, progress=0, error="")
+    document_requeue(document_id=document.pk)
     _queue_ingestion(document)
     return True
+
+
+def document_requeue(*, document_id: int) -> None:
+    """Show a document as waiting in the queue again (re-ingested, or its worker stopped mid-way)."""
+    Document.objects.filter(pk=document_id).update(status=Status.QUEUED, progress=0, error="")
+
+
+def document_give_up(*, document_id: int, attempts: int) -> None:
+    """Record why a document is not ingested after its worker stopped during every attempt."""
+    document = Document.objects.filter(pk=document_id).first()
+    if document is not None:
+        _record_failure(document, worker_stopped(attempts))
 
 
 def document_delete(*, document: Document) -> None:

@@ -8,20 +8,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
 from django.urls import reverse
 
 from ragapp.documents.models import Chunk, Document
 from ragapp.documents.services import document_ingest
 from tests.conftest import make_pdf
 from tests.documents.files import docx_with_body, pdf_encrypted
+from tests.documents.workers import REPO, WORKER, worker_environment
 
 MEGABYTE = 1024 * 1024
-REPO = Path(__file__).resolve().parents[2]
 HOSTILE_HTML = b"""<!doctype html><html><head><title>Expense policy</title>
 <script>alert("script ran"); fetch("/api/v1/collections/").then(r => r.text()).then(t => fetch("/steal?" + t));</script>
 </head><body><h1>Expenses</h1><p>Hotel bills are reimbursed up to 150 euros a night.</p>
@@ -177,12 +175,8 @@ PEAK_MEMORY_OF_CHILD = (
 
 def worker_run(media_root: Path) -> tuple[int, int]:
     """Run a real Procrastinate worker on the test database until the queue is empty; (exit code, peak MiB)."""
-    database = connection.settings_dict
-    environment = {**os.environ, "DATABASE_URL": f"postgres://{database['USER']}@{quote(database['HOST'], safe='')}/{database['NAME']}",
-                   "SECRET_KEY": "test-secret-key-for-the-worker-process-" + "x" * 20, "MEDIA_ROOT": str(media_root)}
-    worker = [sys.executable, "manage.py", "procrastinate", "worker", "--one-shot"]
-    finished = subprocess.run([sys.executable, "-c", PEAK_MEMORY_OF_CHILD, *worker], cwd=REPO, env=environment,
-                              capture_output=True, text=True, timeout=300)
+    finished = subprocess.run([sys.executable, "-c", PEAK_MEMORY_OF_CHILD, *WORKER, "--one-shot"], cwd=REPO,
+                              env=worker_environment(media_root), capture_output=True, text=True, timeout=300)
     return finished.returncode, int(finished.stdout.split()[-1])
 
 

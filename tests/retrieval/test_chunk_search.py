@@ -8,6 +8,7 @@ from ragapp.documents.models import Chunk, CollectionTextStatistics, Document
 from ragapp.documents.services import document_delete
 from ragapp.documents.services import collection_get_or_create
 from ragapp.retrieval.selectors import HYBRID_SQL, chunk_search, search_parameters
+from tests.conftest import text_statistics_hold
 
 pytestmark = pytest.mark.django_db
 
@@ -185,22 +186,13 @@ def test_an_excluded_chinese_word_rules_out_the_chunks_holding_it_not_its_parts(
     assert _files(results) == ["fudan.txt"]
 
 
-def _statistics_hold(collection):
-    stored = CollectionTextStatistics.objects.filter(collection=collection).first()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*), coalesce(sum(length(search_vector)), 0) FROM documents_chunk WHERE collection_id = %s",
-                       [collection.pk])
-        chunks, lexemes = cursor.fetchone()
-    return (stored.chunk_count, stored.lexeme_count) == (chunks, lexemes) if stored else chunks == 0
-
-
 def test_collection_statistics_follow_ingest_reingest_update_and_delete(collection, policies, ingest):
-    assert _statistics_hold(collection) and collection.text_statistics.chunk_count == len(POLICIES)
+    assert text_statistics_hold(collection) and collection.text_statistics.chunk_count == len(POLICIES)
     ingest(collection, "long.txt", ("A long handbook paragraph about expenses. " * 300).encode())
-    assert _statistics_hold(collection)
+    assert text_statistics_hold(collection)
     Chunk.objects.filter(collection=collection, document=policies["kitchen.txt"]).update(text="Descaling moved to Monday mornings.")
-    assert _statistics_hold(collection)
+    assert text_statistics_hold(collection)
     document_delete(document=policies["travel.txt"])
-    assert _statistics_hold(collection)
+    assert text_statistics_hold(collection)
     Document.objects.filter(collection=collection).delete()
-    assert _statistics_hold(collection) and CollectionTextStatistics.objects.get(collection=collection).chunk_count == 0
+    assert text_statistics_hold(collection) and CollectionTextStatistics.objects.get(collection=collection).chunk_count == 0
