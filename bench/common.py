@@ -128,10 +128,10 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def results_write(name: str, *, parameters: dict, figures: dict) -> Path:
-    """Write bench/results/<name>.json with the machine, the date, the parameters and the figures."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def results_write(name: str, *, parameters: dict, figures: dict, path: Path | None = None) -> Path:
+    """Write bench/results/<name>.json (or `path`) with the machine, the date, the parameters and the figures."""
+    path = path or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
