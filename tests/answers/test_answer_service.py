@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from ragapp.answers.models import Citation, Conversation, Message
-from ragapp.answers.errors import AnswersBusy
+from ragapp.answers.errors import ServerBusy
 from ragapp.answers.services import AnswerError, passages_search, primed, question_answer, question_answer_stream
 from ragapp.retrieval.selectors import chunk_search
 from reranking.server import Settings, create_app
@@ -120,7 +120,7 @@ def test_a_reader_who_leaves_frees_the_answer_slot(settings, collection, policie
     with scripted_generator(lambda messages: "Keep the receipt [1].") as (url, _):
         settings.GENERATOR_URL, settings.GENERATOR_MODEL = url, ""
         first = primed(question_answer_stream(user=reader, question="taxi receipt", collection=collection))
-        with pytest.raises(AnswersBusy):
+        with pytest.raises(ServerBusy):
             next(question_answer_stream(user=reader, question="taxi receipt", collection=collection))
         first.close()
         assert question_answer(user=reader, question="taxi receipt", collection=collection).generated
