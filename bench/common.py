@@ -95,12 +95,7 @@ def machine_info() -> dict:
     """Describe where the figures were measured: CPU, OS, torch threads, PostgreSQL and pgvector."""
     import torch
     from django.conf import settings
-    from django.db import connection
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('server_version'), "
-                       "(SELECT extversion FROM pg_extension WHERE extname = 'vector')")
-        postgres_version, pgvector_version = cursor.fetchone()
     return {
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -110,12 +105,22 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "embedding_device": settings.EMBEDDING_DEVICE or ("cuda" if torch.cuda.is_available() else "cpu"),
-        "postgres": postgres_version,
-        "pgvector": pgvector_version,
-        "database": "embedded" if settings.EMBEDDED_DATABASE else "DATABASE_URL",
         "load_average_1min": {"start": round(LOAD_AT_START, 2), "end": round(os.getloadavg()[0], 2)},
+        # A benchmark that drives `serve` from outside (faults.py) has no database of its own to describe.
+        **(_database_info(settings, torch) if settings.configured else {}),
     }
+
+
+def _database_info(settings, torch) -> dict:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('server_version'), "
+                       "(SELECT extversion FROM pg_extension WHERE extname = 'vector')")
+        postgres_version, pgvector_version = cursor.fetchone()
+    return {"embedding_device": settings.EMBEDDING_DEVICE or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "postgres": postgres_version, "pgvector": pgvector_version,
+            "database": "embedded" if settings.EMBEDDED_DATABASE else "DATABASE_URL"}
 
 
 def _cpu_model() -> str:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,13 +34,18 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO_ROOT, abstract_text, results_write, scifact_abstracts, scifact_path, scifact_queries  # noqa: E402
+from bench.common import REPO_ROOT, RESULTS_DIR, abstract_text, results_write, scifact_abstracts, scifact_path, scifact_queries  # noqa: E402
 from reranking.synthetic import build_preset_cross_encoder  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 ADMIN_PASSWORD = "faults-bench-password"
 READY_TIMEOUT_SECONDS = 900  # the first run installs vLLM
 PART_TIMEOUT_SECONDS = 300
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class Serve:
@@ -260,7 +267,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/faults.json)")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ragapp-faults-") as workdir:
-        figures = run(scifact_path(arguments.scifact), Path(workdir))
+        try:
+            figures = run(scifact_path(arguments.scifact), Path(workdir))
+        finally:  # serve's own account of what happened, kept beside the results
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(workdir) / "serve.log", RESULTS_DIR / "faults-serve.log")
     figures["problems"] = verdict(figures)
     path = results_write("faults", parameters={"documents": 300, "questions": 20}, figures=figures)
     if arguments.json:

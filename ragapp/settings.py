@@ -212,7 +212,8 @@ HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 200)
 # Reranker workers (reranking.server), tried in turn; empty: results keep retrieval order, flagged.
 RERANKER_URLS = env_list("RERANKER_URL")
 RERANKER_TIMEOUT_SECONDS = float(env_str("RERANKER_TIMEOUT_SECONDS", "10"))
-# A worker that failed is skipped for this long before it is tried again.
+# A worker that timed out or erred is skipped this long; one that refused the connection or was
+# overloaded far less (ragapp.retrieval.rerank_client).
 RERANKER_RETRY_AFTER_SECONDS = float(env_str("RERANKER_RETRY_AFTER_SECONDS", "30"))
 RERANK_TOP_N = env_int("RERANK_TOP_N", 5)
 # Threads of one web process (serve's gunicorn), and how many of them may be writing an answer:

@@ -82,7 +82,9 @@ def generator_notice() -> str:
     if child["state"] == supervision.PREPARING:
         return "The local generator is being prepared (vLLM is installed on the first start: a few minutes)."
     if child["state"] == supervision.RESTARTING:
-        return f"The local generator stopped and is being restarted ({child.get('detail', '')})."
+        stop = (child.get("detail") or "").split(";")[0]
+        return (f"The local generator stopped ({stop}) and is being restarted (restart {child.get('restarts', 1)}): "
+                "answers are generated again in about a minute.")
     return "The local generator is starting (about a minute)."
 
 

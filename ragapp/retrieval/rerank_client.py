@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 # An overloaded worker that asks for a longer pause is tried again after this: a burst passes in
 # seconds, and a worker (or a proxy before it) asking for minutes would idle a GPU that long.
 LONGEST_OVERLOAD_PAUSE_SECONDS = 10.0
+# A worker that refuses connections is most often being restarted (serve restarts it within seconds).
+REFUSED_CONNECTION_PAUSE_SECONDS = 2.0
 
 
 class RerankerUnavailable(Exception):
@@ -110,9 +112,15 @@ class RerankerPool:
         return scores
 
     def _rest(self, worker: _Worker, error: Exception) -> None:
-        """Skip a worker for the pause an overloaded one asked for, else for the retry period."""
+        """Skip a worker for the pause an overloaded one asked for, briefly when it refused the connection
+        (being restarted, most often), else for the retry period."""
         asked = _asked_pause(error)
-        pause = self.retry_after if asked is None else min(asked, LONGEST_OVERLOAD_PAUSE_SECONDS)
+        if asked is not None:
+            pause = min(asked, LONGEST_OVERLOAD_PAUSE_SECONDS)
+        elif isinstance(error, httpx.ConnectError):  # costs a millisecond to try again, unlike a timeout
+            pause = min(self.retry_after, REFUSED_CONNECTION_PAUSE_SECONDS)
+        else:
+            pause = self.retry_after
         worker.resting_until, worker.last_error = time.monotonic() + pause, _describe(error)
         logger.warning("Reranker worker %s failed: %s; skipped for %.0f s", worker.url, worker.last_error, pause)
 

@@ -8,6 +8,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from ragapp.core.health import generator_notice
 from tests.answers.scripted_generator import scripted_generator
 from tests.reranking.helpers import running_server
 
@@ -66,3 +67,10 @@ def test_the_admin_index_shows_the_same_states(admin_client, settings, tmp_path)
     assert 'id="product-health"' in page and "Status: degraded" in page
     assert '<span class="health-state health-starting">starting</span>' in page
     assert '<span class="health-state health-off">off</span>' in page
+
+
+def test_the_notice_while_serve_restarts_the_generator_says_what_stopped_it(settings, tmp_path):
+    serve_says(settings, tmp_path, {"generator": {"state": "restarting", "restarts": 2,
+                                                  "detail": "exited with signal SIGKILL; restart 2 in 2 s"}})
+    assert generator_notice() == ("The local generator stopped (exited with signal SIGKILL) and is being restarted "
+                                  "(restart 2): answers are generated again in about a minute.")

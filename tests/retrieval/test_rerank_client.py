@@ -1,5 +1,6 @@
 """The app's reranker client against real workers over HTTP: order, round robin, fallback, overload."""
 
+import socket
 import time
 from email.utils import formatdate
 
@@ -11,6 +12,7 @@ from starlette.routing import Route
 
 from ragapp.retrieval.rerank_client import (
     LONGEST_OVERLOAD_PAUSE_SECONDS,
+    REFUSED_CONNECTION_PAUSE_SECONDS,
     RerankerPool,
     RerankerUnavailable,
     candidates_rerank,
@@ -94,6 +96,16 @@ def test_dead_worker_is_skipped_and_the_live_one_answers(worker_url, candidates)
     outcomes = [candidates_rerank(query="taxi", candidates=candidates, pool=pool) for _ in range(3)]
     assert all(o.reranked and o.worker == worker_url for o in outcomes)
     assert pool.workers[0].resting_until > time.monotonic() and "refused" in pool.workers[0].last_error
+
+
+def test_a_refused_connection_rests_briefly_and_a_timeout_the_full_period(candidates):
+    refused = RerankerPool([DEAD_WORKER], timeout=0.5, retry_after=30)
+    candidates_rerank(query="taxi", candidates=candidates, pool=refused)
+    assert refused.workers[0].resting_until - time.monotonic() <= REFUSED_CONNECTION_PAUSE_SECONDS
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts into its backlog, never answers
+        hanging = RerankerPool([f"http://127.0.0.1:{silent.getsockname()[1]}"], timeout=0.5, retry_after=30)
+        outcome = candidates_rerank(query="taxi", candidates=candidates, pool=hanging)
+    assert "timed out" in outcome.reason and hanging.workers[0].resting_until - time.monotonic() > 25
 
 
 def test_no_worker_keeps_retrieval_order_flagged_with_the_reason(candidates):
