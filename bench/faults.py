@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO_ROOT, RESULTS_DIR, abstract_text, results_write, scifact_abstracts, scifact_path, scifact_queries  # noqa: E402
 from reranking.synthetic import build_preset_cross_encoder  # noqa: E402
+from tests.core.serving import child_running, health, processes_left, wait_for  # noqa: E402
 
 ADMIN_PASSWORD = "faults-bench-password"
 READY_TIMEOUT_SECONDS = 900  # the first run installs vLLM
@@ -69,22 +70,13 @@ class Serve:
                 cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
 
     def health(self) -> dict:
-        try:
-            return httpx.get(f"{self.base}/health", timeout=10).json()
-        except (httpx.HTTPError, ValueError):
-            return {}
+        return health(self.base)
 
     def part_state(self, part: str) -> str:
         return self.health().get("parts", {}).get(part, {}).get("state", "unknown")
 
     def child(self, fragment: str) -> psutil.Process | None:
-        for process in psutil.Process(self.process.pid).children():
-            try:
-                if fragment in " ".join(process.cmdline()):
-                    return process
-            except psutil.Error:
-                continue
-        return None
+        return child_running(psutil.Process(self.process.pid), fragment)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -142,16 +134,6 @@ class Traffic:
                 self.page_failures.append(str(error))
 
 
-def wait_for(condition, *, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(f"{what}: not within {seconds:g} s")
-
-
 def document_upload(client: httpx.Client, collection: int, name: str, text: str) -> int:
     response = client.post("/api/v1/documents/", data={"collection": str(collection)},
                            files={"file": (name, text.encode(), "text/plain")})
@@ -187,21 +169,15 @@ def kill_part(serve: Serve, *, fragment: str, name: str, part: str, during=None)
             "ready_again_after_s": round(time.monotonic() - killed_at, 1)}
 
 
-def processes_left(serve: Serve) -> list[str]:
+def stop_and_list_left(serve: Serve) -> list[str]:
+    """SIGTERM to serve; what is still running of everything it had started, the postmaster included."""
     postmaster = int((serve.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
     tree = [psutil.Process(serve.process.pid), *psutil.Process(serve.process.pid).children(recursive=True),
             psutil.Process(postmaster)]
     serve.process.send_signal(signal.SIGTERM)
     serve.process.wait(timeout=120)
     time.sleep(1)
-    left = []
-    for process in tree:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                left.append(" ".join(process.cmdline())[:120])
-        except psutil.Error:
-            continue
-    return left
+    return processes_left(tree)
 
 
 def run(scifact: Path, workdir: Path) -> dict:
@@ -227,7 +203,7 @@ def run(scifact: Path, workdir: Path) -> dict:
             disturbed = document_ready(client, disturbed_id)
             kills.append(kill_part(serve, fragment="vllm.entrypoints", name="generator", part="generator"))
             kills.append(kill_part(serve, fragment="reranking.server", name="reranker", part="rerankers"))
-        left = processes_left(serve)
+        left = stop_and_list_left(serve)
     finally:
         if serve.process.poll() is None:
             serve.process.kill()

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,36 +20,9 @@ import pytest
 from reranking.synthetic import build_preset_cross_encoder
 from tests.answers.scripted_generator import MODEL, scripted_generator
 from tests.conftest import free_port
+from tests.core.serving import child_running, health, processes_left, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(condition, *, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"{what}: not within {seconds} s")
-
-
-def health(base: str) -> dict:
-    try:
-        return httpx.get(f"{base}/health", timeout=10).json()
-    except (httpx.HTTPError, ValueError):
-        return {}
-
-
-def descendant(serve: psutil.Process, fragment: str) -> psutil.Process | None:
-    """serve's child whose command line holds FRAGMENT (the group leader, not its workers)."""
-    for process in serve.children():
-        try:
-            if fragment in " ".join(process.cmdline()):
-                return process
-        except psutil.Error:
-            continue
-    return None
 
 
 @pytest.fixture
@@ -79,13 +51,13 @@ def served(tmp_path):
 
 
 def kill_and_wait_back(base, serve, log_path, *, fragment: str, name: str, part_ready) -> None:
-    victim = wait_for(lambda: descendant(serve, fragment), seconds=30, what=f"{name} running")
+    victim = wait_for(lambda: child_running(serve, fragment), seconds=30, what=f"{name} running")
     victim.send_signal(signal.SIGKILL)
     wait_for(lambda: f"{name} exited with signal SIGKILL; restart 1 in 1 s." in log_path.read_text(),
              seconds=30, what=f"serve noticed {name}")
     if name != "web server":  # the web stays up while another part restarts
         assert httpx.get(f"{base}/admin/login/", timeout=10).status_code == 200
-    replacement = wait_for(lambda: descendant(serve, fragment), seconds=30, what=f"{name} restarted")
+    replacement = wait_for(lambda: child_running(serve, fragment), seconds=30, what=f"{name} restarted")
     assert replacement.pid != victim.pid
     wait_for(lambda: part_ready(health(base).get("parts", {})), seconds=90, what=f"{name} ready again")
 
@@ -108,6 +80,5 @@ def test_each_child_killed_in_turn_comes_back_and_stopping_leaves_nothing(served
     tree = [serve, *serve.children(recursive=True), psutil.Process(postmaster)]
     serve_process.send_signal(signal.SIGTERM)
     serve_process.wait(timeout=60)
-    left = [process for process in tree if process.is_running() and process.status() != psutil.STATUS_ZOMBIE]
-    assert not left, [process.cmdline() for process in left]
+    assert processes_left(tree) == []
     assert "Stopped." in log_path.read_text()
