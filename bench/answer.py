@@ -117,7 +117,7 @@ class reranker_running:
 
 def corpus_load(options):
     """A collection of the first N SciFact abstracts (loaded once), and questions whose answer is in it."""
-    from ragapp.retrieval import evaluation
+    from ragapp.tuning import evaluation
 
     dataset = evaluation.beir_dataset_read(dataset_dir=options.dataset, split="train")
     kept = {entry.id for entry in dataset.corpus[: options.documents]}

@@ -186,7 +186,7 @@ def fixture_prepare(options) -> Fixture:
 
 def collection_load(options):
     """The first --documents SciFact abstracts, ingested by the product's services (once: ready ones are kept)."""
-    from ragapp.retrieval import evaluation
+    from ragapp.tuning import evaluation
 
     corpus = evaluation.corpus_deduplicate(evaluation.beir_corpus_read(dataset_dir=options.scifact))[0]
     load = evaluation.beir_collection_load(dataset_dir=options.scifact, corpus=corpus[: options.documents], language="english")

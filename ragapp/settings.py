@@ -112,6 +112,7 @@ INSTALLED_APPS = [
     "ragapp.documents",
     "ragapp.retrieval",
     "ragapp.answers",
+    "ragapp.tuning",
     "ragapp.api",
     "rest_framework",
     "rest_framework.authtoken",

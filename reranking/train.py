@@ -17,7 +17,7 @@ tokenizer and `reranker_training.json` (options and per-epoch losses). Both
 `sentence_transformers.CrossEncoder(folder)` load it; CrossEncoder scores with a sigmoid.
 
 Command line: `python -m reranking.train --groups FILE.jsonl --output DIR` (see `--help`).
-No Django here: the app mines the groups (`ragapp.retrieval.training_data`) and calls this.
+No Django here: the app mines the groups (`ragapp.tuning.training_data`) and calls this.
 """
 
 import argparse

@@ -13,7 +13,7 @@ will sit behind) returns its top k chunks. A group for `reranking.train` is then
 - negatives: every other chunk of the top k whose document is not judged relevant, in
   retrieval order (hard negatives: they looked relevant to retrieval).
 
-Users' feedback on answers is a second source (`ragapp.answers.feedback.feedback_groups_mine`).
+Users' feedback on answers is a second source (`ragapp.tuning.feedback.feedback_groups_mine`).
 
 A third needs no labels at all: pseudo-queries from the collection's own documents
 (`pseudo_query_groups_mine`). A document's title states what the document is about, much as a
@@ -35,9 +35,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ragapp.documents.models import Chunk, Collection, Document
-from ragapp.retrieval.evaluation import BeirDataset
 from ragapp.retrieval.query_syntax import without_negation
 from ragapp.retrieval.selectors import chunk_search
+from ragapp.tuning.evaluation import BeirDataset
 from reranking.train import TrainingGroup
 
 MINING_DEPTH = 100  # chunks retrieved per query, as in the reranker's use

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from ragapp.documents.models import Collection, Document
-from ragapp.retrieval.evaluation import corpus_language, ranked_documents
+from ragapp.tuning.evaluation import corpus_language, ranked_documents
 from reranking.model import CrossEncoderScorer
 from reranking.server import Settings, create_app
 from reranking.synthetic import build_preset_cross_encoder
@@ -210,7 +210,7 @@ def test_a_language_other_than_the_existing_collections_is_refused(chineseset, t
 
 
 def test_corpus_language_is_simple_only_when_mostly_chinese():
-    from ragapp.retrieval.evaluation import CorpusEntry
+    from ragapp.tuning.evaluation import CorpusEntry
 
     assert corpus_language([CorpusEntry("1", "大熊猫", "大熊猫生活在四川 (Sichuan)。")]) == "simple"
     assert corpus_language([CorpusEntry("1", "Pandas", "Giant pandas (大熊猫) live in Sichuan.")]) == "english"
@@ -221,7 +221,7 @@ def test_document_ranking_keeps_each_documents_best_chunk_up_to_the_depth():
 
 
 def test_help_explains_every_option():
-    from ragapp.retrieval.management.commands.evaluate import Command
+    from ragapp.tuning.management.commands.evaluate import Command
 
     parser = Command().create_parser("manage.py", "evaluate")
     names = {"dataset", "split", "modes", "json_path", "queries_path", "limit_queries", "language", "reranker_url",

@@ -6,10 +6,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from ragapp.documents.models import Chunk
-from ragapp.retrieval import evaluation, training_data
 from ragapp.retrieval.selectors import chunk_search
+from ragapp.tuning import evaluation, training_data
 from reranking.synthetic import build_preset_cross_encoder
-from tests.retrieval.test_evaluate import write_beir
+from tests.tuning.test_evaluate import write_beir
 
 # Two chunks (more than CHUNK_TOKENS): the first about what the whale eats, the second about its songs.
 WHALE_TEXT = (" ".join(f"In survey {number} the blue whale was seen eating krill near the surface." for number in range(12))

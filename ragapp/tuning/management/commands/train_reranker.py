@@ -7,7 +7,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ragapp.core.services import database_migrate
 from ragapp.documents.models import SEARCH_LANGUAGES
-from ragapp.retrieval import evaluation, training_data
+from ragapp.tuning import evaluation, training_data
+from ragapp.tuning.feedback import feedback_groups_mine
 from reranking import train
 
 
@@ -96,8 +97,6 @@ class Command(BaseCommand):
 
     def _feedback_groups(self, collection, depth: int) -> training_data.MiningResult:
         """Groups from the answers rated up (in `collection`, or in every collection when None)."""
-        from ragapp.answers.feedback import feedback_groups_mine
-
         mined = feedback_groups_mine(collection=collection, depth=depth)
         if not mined.groups:
             raise CommandError("No answer rated up that cites a passage yet: nothing to train on. "

@@ -6,9 +6,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from ragapp.answers.feedback import feedback_groups_mine
 from ragapp.answers.models import Feedback
 from ragapp.answers.services import question_answer
+from ragapp.tuning.feedback import feedback_groups_mine
 from reranking.synthetic import build_preset_cross_encoder
 from tests.answers.scripted_generator import scripted_generator
 

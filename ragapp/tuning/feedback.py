@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ragapp.answers.models import Feedback, Message
 from ragapp.documents.models import Collection
 from ragapp.retrieval.selectors import chunk_search
-from ragapp.retrieval.training_data import MINING_DEPTH, MinedGroup, MiningResult
+from ragapp.tuning.training_data import MINING_DEPTH, MinedGroup, MiningResult
 from reranking.train import TrainingGroup
 
 

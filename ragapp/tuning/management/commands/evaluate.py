@@ -10,7 +10,7 @@ from django.utils import timezone
 from ragapp.core.services import database_migrate
 from ragapp.documents.embedding import embedding_model_label
 from ragapp.documents.models import SEARCH_LANGUAGES
-from ragapp.retrieval import evaluation
+from ragapp.tuning import evaluation
 
 COLUMNS = (  # (heading, metric name or ModeResult attribute, format)
     ("nDCG@10", "nDCG@10", "{:.4f}"),
