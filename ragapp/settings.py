@@ -26,6 +26,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}.") from None
 
 
+def env_float(name: str, default: float) -> float:
+    raw = env_str(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number (like 10 or 0.5), got {raw!r}.") from None
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = env_str(name).lower()
     if not raw:
@@ -212,10 +222,12 @@ HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 200)
 
 # Reranker workers (reranking.server), tried in turn; empty: results keep retrieval order, flagged.
 RERANKER_URLS = env_list("RERANKER_URL")
-RERANKER_TIMEOUT_SECONDS = float(env_str("RERANKER_TIMEOUT_SECONDS", "10"))
+# With `serve`: the cross-encoder (hub id or folder) of the worker it starts when RERANKER_URL is empty.
+RERANKER_MODEL = env_str("RERANKER_MODEL")
+RERANKER_TIMEOUT_SECONDS = env_float("RERANKER_TIMEOUT_SECONDS", 10)
 # A worker that timed out or erred is skipped this long; one that refused the connection or was
 # overloaded far less (ragapp.retrieval.rerank_client).
-RERANKER_RETRY_AFTER_SECONDS = float(env_str("RERANKER_RETRY_AFTER_SECONDS", "30"))
+RERANKER_RETRY_AFTER_SECONDS = env_float("RERANKER_RETRY_AFTER_SECONDS", 30)
 RERANK_TOP_N = env_int("RERANK_TOP_N", 5)
 # Threads of one web process (serve's gunicorn), and how many of them may be writing an answer:
 # the rest stay free for pages and search while answers stream (README, "Web server").
@@ -228,13 +240,13 @@ SEARCHES_PER_PROCESS = env_int("SEARCHES_PER_PROCESS", 1)
 GENERATOR_URL = env_str("GENERATOR_URL")  # the API base, e.g. http://127.0.0.1:8001/v1
 GENERATOR_MODEL = env_str("GENERATOR_MODEL")  # empty: the first model the server lists
 GENERATOR_API_KEY = env_str("GENERATOR_API_KEY", "not-needed")
-GENERATOR_TIMEOUT_SECONDS = float(env_str("GENERATOR_TIMEOUT_SECONDS", "120"))
+GENERATOR_TIMEOUT_SECONDS = env_float("GENERATOR_TIMEOUT_SECONDS", 120)
 # The prompt is fitted to the generator's context window, counted with its tokenizer (a hub id or
 # folder; empty: a cautious estimate of 1 token per 3 characters), leaving room for the answer.
 GENERATOR_CONTEXT_TOKENS = env_int("GENERATOR_CONTEXT_TOKENS", 2048)
 GENERATOR_MAX_TOKENS = env_int("GENERATOR_MAX_TOKENS", 400)
 GENERATOR_TOKENIZER = env_str("GENERATOR_TOKENIZER")
-GENERATOR_TEMPERATURE = float(env_str("GENERATOR_TEMPERATURE", "0.2"))
+GENERATOR_TEMPERATURE = env_float("GENERATOR_TEMPERATURE", 0.2)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

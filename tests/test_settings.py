@@ -67,3 +67,12 @@ def test_a_stalled_timeout_a_late_heartbeat_would_pass_is_refused(monkeypatch, h
     monkeypatch.setenv("WORKER_STALLED_SECONDS", stalled)
     with pytest.raises(ImproperlyConfigured, match="must be at least twice WORKER_HEARTBEAT_SECONDS"):
         project_settings.worker_heartbeat_seconds()
+
+
+@pytest.mark.parametrize("name", ["RERANKER_TIMEOUT_SECONDS", "GENERATOR_TEMPERATURE"])
+def test_a_number_that_is_not_one_is_refused_with_its_name(monkeypatch, name):
+    monkeypatch.setenv(name, "ten")
+    with pytest.raises(ImproperlyConfigured, match=f"{name} must be a number .* got 'ten'"):
+        project_settings.env_float(name, 10)
+    monkeypatch.setenv(name, "0.5")
+    assert project_settings.env_float(name, 10) == 0.5

@@ -117,7 +117,7 @@ class Command(BaseCommand):
         if settings.RERANKER_URLS:
             self.stdout.write(f"Reranker workers: {', '.join(settings.RERANKER_URLS)}")
             return None
-        model = os.environ.get("RERANKER_MODEL", "")
+        model = settings.RERANKER_MODEL
         if not model:
             self.stdout.write(self.style.WARNING(
                 "No reranker: set RERANKER_MODEL (a hub id such as BAAI/bge-reranker-base, or a folder) to start a "
