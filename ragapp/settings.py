@@ -17,23 +17,21 @@ def env_str(name: str, default: str = "") -> str:
 
 
 def env_int(name: str, default: int) -> int:
-    raw = env_str(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}.") from None
+    return _env_number(name, default, int, "a whole number")
 
 
 def env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number (like 10 or 0.5)")
+
+
+def _env_number(name: str, default, parse, expected: str):
     raw = env_str(name)
     if not raw:
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number (like 10 or 0.5), got {raw!r}.") from None
+        raise ImproperlyConfigured(f"{name} must be {expected}, got {raw!r}.") from None
 
 
 def env_bool(name: str, default: bool) -> bool:

@@ -49,7 +49,7 @@ def queue_workers_health() -> dict:
     """Workers with a recent heartbeat (Procrastinate's own table), and how many documents wait."""
     from procrastinate.contrib.django.models import ProcrastinateJob, ProcrastinateWorker
 
-    alive_since = timezone.now() - datetime.timedelta(seconds=_stalled_worker_seconds())
+    alive_since = timezone.now() - datetime.timedelta(seconds=settings.WORKER_STALLED_SECONDS)
     workers = ProcrastinateWorker.objects.filter(last_heartbeat__gte=alive_since).count()
     waiting = ProcrastinateJob.objects.filter(status="todo").count()
     backlog = f"{waiting} job(s) waiting." if waiting else "No job waiting."
@@ -58,7 +58,7 @@ def queue_workers_health() -> dict:
     supervised = _supervised_matching("ingestion worker")
     if supervised:
         return _part(STARTING, f"No worker yet: {supervised}. {backlog}", workers=0)
-    return _part(DOWN, f"No queue worker has sent a heartbeat in the last {_stalled_worker_seconds():g} s: "
+    return _part(DOWN, f"No queue worker has sent a heartbeat in the last {settings.WORKER_STALLED_SECONDS:g} s: "
                        f"uploads wait until one runs (`manage.py procrastinate worker`). {backlog}", workers=0)
 
 
@@ -82,8 +82,7 @@ def generator_notice() -> str:
     if child["state"] == supervision.PREPARING:
         return "The local generator is being prepared (vLLM is installed on the first start: a few minutes)."
     if child["state"] == supervision.RESTARTING:
-        stop = (child.get("detail") or "").split(";")[0]
-        return (f"The local generator stopped ({stop}) and is being restarted (restart {child.get('restarts', 1)}): "
+        return (f"The local generator stopped ({child.get('last_stop', '')}) and is being restarted (restart {child.get('restarts', 1)}): "
                 "answers are generated again in about a minute.")
     return "The local generator is starting (about a minute)."
 
@@ -122,10 +121,6 @@ def _supervised_matching(prefix: str) -> str:
     coming = [f"{name} {child['state']}" for name, child in children.items()
               if name.startswith(prefix) and child["state"] in ON_ITS_WAY | {supervision.READY}]
     return ", ".join(coming)
-
-
-def _stalled_worker_seconds() -> float:
-    return float(settings.WORKER_STALLED_SECONDS)
 
 
 def _overall(parts: dict) -> str:

@@ -50,6 +50,7 @@ class Child:
     restarts: int = 0
     crashes_in_a_row: int = 0
     last_exit: int | None = None
+    last_stop: str = ""  # how it last stopped, in words ("exited with signal SIGKILL")
     started_at: float = 0.0
     restart_at: float | None = None
     detail: str = ""
@@ -140,7 +141,7 @@ class Supervisor:
     def _became_ready(self, child: Child) -> None:
         child.state = READY
         if child.restarts:
-            child.detail = f"restarted {child.restarts} time(s); the last stop: {child.detail.split(';')[0]}"
+            child.detail = f"restarted {child.restarts} time(s); the last stop: {child.last_stop}"
         self.log(f"{child.name} is ready (pid {child.process.pid}).")
 
     def _exited(self, child: Child) -> None:
@@ -155,7 +156,7 @@ class Supervisor:
         child.restarts += 1
         delay = child.backoff_seconds()
         child.restart_at = time.monotonic() + delay
-        child.state = RESTARTING
+        child.state, child.last_stop = RESTARTING, what
         child.detail = f"{what}; restart {child.restarts} in {delay:g} s"
         self.log(f"{child.name} {child.detail}.")
         if child.crashes_in_a_row >= CRASHES_REPORTED:
@@ -189,7 +190,8 @@ class Supervisor:
             states = {name: {"state": state, "detail": detail} for name, (state, detail) in self._placeholders.items()}
             for child in self.children:
                 states[child.name] = {"state": child.state, "restarts": child.restarts,
-                                      "last_exit": child.last_exit, "detail": child.detail}
+                                      "last_exit": child.last_exit, "last_stop": child.last_stop,
+                                      "detail": child.detail}
         _write_json(self.state_file, {"supervisor_pid": os.getpid(), "children": states})
 
 

@@ -70,7 +70,7 @@ def test_the_admin_index_shows_the_same_states(admin_client, settings, tmp_path)
 
 
 def test_the_notice_while_serve_restarts_the_generator_says_what_stopped_it(settings, tmp_path):
-    serve_says(settings, tmp_path, {"generator": {"state": "restarting", "restarts": 2,
+    serve_says(settings, tmp_path, {"generator": {"state": "restarting", "restarts": 2, "last_stop": "exited with signal SIGKILL",
                                                   "detail": "exited with signal SIGKILL; restart 2 in 2 s"}})
     assert generator_notice() == ("The local generator stopped (exited with signal SIGKILL) and is being restarted "
                                   "(restart 2): answers are generated again in about a minute.")
