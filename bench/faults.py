@@ -242,12 +242,14 @@ def main() -> None:
     parser.add_argument("--scifact", help="BEIR SciFact folder (default ../shared/data/scifact)")
     parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/faults.json)")
     arguments = parser.parse_args()
+    scifact = scifact_path(arguments.scifact)
     with tempfile.TemporaryDirectory(prefix="ragapp-faults-") as workdir:
         try:
-            figures = run(scifact_path(arguments.scifact), Path(workdir))
+            figures = run(scifact, Path(workdir))
         finally:  # serve's own account of what happened, kept beside the results
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(workdir) / "serve.log", RESULTS_DIR / "faults-serve.log")
+            if (Path(workdir) / "serve.log").exists():
+                RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+                shutil.copy(Path(workdir) / "serve.log", RESULTS_DIR / "faults-serve.log")
     figures["problems"] = verdict(figures)
     path = results_write("faults", parameters={"documents": 300, "questions": 20}, figures=figures)
     if arguments.json:
