@@ -26,7 +26,6 @@ import math
 import re
 import time
 from contextlib import contextmanager
-from unittest import mock
 
 import numpy as np
 from common import (
@@ -304,13 +303,13 @@ def search_session(*, k: int, ef_search: int | None = None, exact: bool = False)
     """A transaction with chunk_search's HNSW settings (or with index scans off, for exact search)."""
     from django.db import connection, transaction
 
-    from ragapp.retrieval.selectors import _tune_hnsw_scan
+    from ragapp.retrieval.selectors import hnsw_scan_configure
 
     with transaction.atomic(), connection.cursor() as cursor:
         if exact:
             cursor.execute("SET LOCAL enable_indexscan = off")
         else:
-            _tune_hnsw_scan(cursor, k)  # the very settings chunk_search uses
+            hnsw_scan_configure(cursor, k=k)  # the very settings chunk_search uses
             if ef_search is not None:
                 cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
         yield cursor
@@ -347,19 +346,17 @@ def plan(sql: str, params: dict, *, k: int, exact: bool = False, ef_search: int 
 
 def chunk_search_series(collection, query_texts, query_vectors, *, mode: str, k: int, warm_up: int):
     """Time chunk_search itself with the query vectors computed beforehand; return seconds and results."""
-    from ragapp.retrieval import selectors
+    from ragapp.retrieval.selectors import chunk_search
 
-    vectors_by_text = dict(zip(query_texts, query_vectors))
     results, seconds = [], []
-    # chunk_search embeds the question itself; answer that from the vectors computed before timing.
-    with mock.patch.object(selectors, "embed_query", lambda text: vectors_by_text[text]):
-        for index in range(-min(warm_up, len(query_texts)), len(query_texts)):
-            start = time.perf_counter()
-            candidates = selectors.chunk_search(query=query_texts[index], collection=collection, reader=None, k=k, mode=mode)
-            elapsed = time.perf_counter() - start
-            if index >= 0:
-                results.append(candidates)
-                seconds.append(elapsed)
+    for index in range(-min(warm_up, len(query_texts)), len(query_texts)):
+        start = time.perf_counter()
+        candidates = chunk_search(query=query_texts[index], collection=collection, reader=None, k=k, mode=mode,
+                                  embedding=query_vectors[index])
+        elapsed = time.perf_counter() - start
+        if index >= 0:
+            results.append(candidates)
+            seconds.append(elapsed)
     return results, seconds
 
 
@@ -390,14 +387,14 @@ def size_measure(collection, query_texts, query_vectors, options) -> dict:
 
 def plans_check(collection, query_text: str, query_vector, *, k: int) -> dict:
     """EXPLAIN the HNSW, exact and hybrid statements; record whether each uses the index it should."""
-    from ragapp.retrieval.selectors import HYBRID_SQL, search_parameters
+    from ragapp.retrieval.selectors import search_query, search_statement
 
     sample = {"collection_id": collection.pk, "embedding": query_vector.tolist(), "limit": 10}
     plans = {
         "hnsw": plan(DENSE_SQL, sample, k=10),
         "exact": plan(DENSE_SQL, sample, k=10, exact=True),
-        "hybrid": plan(HYBRID_SQL, search_parameters(query=query_text, collection=collection, reader=None, k=k, limit=k, mode="hybrid",
-                                                     embedding=query_vector.tolist()), k=k),
+        "hybrid": plan(*search_statement(parsed=search_query(query_text), collection=collection, reader=None,
+                                         embedding=query_vector.tolist(), k=k, limit=k, mode="hybrid"), k=k),
     }
     return {
         "plans_checked": {

@@ -13,6 +13,15 @@ class AnswerError(Exception):
 
 
 class CollectionNotFound(AnswerError):
+    """No collection by that reference that the user may read."""
+
+    error_type = "not_found"
+    status = 404
+
+
+class ConversationNotFound(AnswerError):
+    """No conversation by that id of the user's own."""
+
     error_type = "not_found"
     status = 404
 

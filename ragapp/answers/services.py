@@ -5,11 +5,10 @@ server-sent events and the OpenAI-compatible endpoint all read the same events);
 `question_answer` runs it to the end. Each stage's time is kept on the answer.
 
 Events, in order (plain dicts, ready for JSON):
-  {"event": "start", "conversation": id, "question_message": id}
+  {"event": "start", "conversation": id, "collection": slug, "question_message": id}
   {"event": "passages", "standalone_question", "reranked", "notice", "passages": [...]}
   {"event": "token", "text": str}                      (zero or more)
-  {"event": "done", "message": id, "answer", "generated", "notice", "cited", "invalid_citations",
-   "citations": [...], "timings": {...}}
+  {"event": "done", ...}                               (the answer as serializers.AnswerSerializer renders it)
 """
 
 import time
@@ -23,46 +22,15 @@ from ragapp.answers import generator
 from ragapp.answers.models import Citation, Conversation, Feedback, Message
 from ragapp.answers.prompt import Passage, answer_prompt, citations_check, rewrite_prompt, rewritten_question
 from ragapp.answers.capacity import answer_slot, retrieval_slot
-from ragapp.answers.errors import AnswerError, CollectionNotFound
+from ragapp.answers.errors import AnswerError
+from ragapp.answers.selectors import ask_target
+from ragapp.answers.serializers import AnswerSerializer
 from ragapp.documents.models import Collection
 from ragapp.retrieval.rerank_client import RankedCandidate, candidates_rerank
-from ragapp.retrieval.selectors import chunk_search, readable_collections
+from ragapp.retrieval.selectors import chunk_search
 
 HISTORY_TURNS = 6  # earlier messages shown to the rewriter
 REWRITE_MAX_TOKENS = 96
-
-
-def collection_for_reader(*, user, reference=None) -> Collection:
-    """The collection an id, slug or name refers to, if `user` may read it (else not found: no hint it
-    exists). Without a reference: the user's only readable collection."""
-    readable = readable_collections(user)
-    if reference in (None, ""):
-        if readable.count() != 1:
-            raise AnswerError("Choose a collection: you may read several (or none).")
-        return readable.get()
-    reference = str(reference)
-    match = ((readable.filter(pk=reference).first() if reference.isdigit() else None)
-             or readable.filter(slug=reference).first() or readable.filter(name=reference).first())
-    if match is None:
-        raise CollectionNotFound(f"No collection {reference!r} that you may read.")
-    return match
-
-
-def conversation_for_user(*, user, conversation_id) -> Conversation:
-    conversation = None
-    if str(conversation_id).isdigit():
-        conversation = Conversation.objects.filter(pk=conversation_id, user=user).select_related("collection").first()
-    if conversation is None:
-        raise CollectionNotFound(f"No conversation {conversation_id} of yours.")
-    return conversation
-
-
-def ask_target(*, user, collection=None, conversation=None) -> dict:
-    """What an ask names, as keyword arguments of `question_answer_stream`: a conversation (its id) to
-    continue, else a collection (id, slug or name)."""
-    if conversation not in (None, ""):
-        return {"conversation": conversation_for_user(user=user, conversation_id=conversation)}
-    return {"collection": collection_for_reader(user=user, reference=collection)}
 
 
 FEEDBACK_RATINGS = {"up": Feedback.Rating.UP, "1": Feedback.Rating.UP, "down": Feedback.Rating.DOWN, "-1": Feedback.Rating.DOWN}
@@ -95,30 +63,25 @@ class _Run:
         return now
 
 
-def question_answer(*, user, question: str, collection: Collection | None = None,
-                    conversation: Conversation | None = None) -> Message:
-    """Answer `question` to the end and return the stored answer message."""
+def question_answer(*, user, question: str, collection=None, conversation=None) -> Message:
+    """Answer `question` to the end and return the stored answer message (arguments as question_answer_stream's)."""
     done = None
     for event in question_answer_stream(user=user, question=question, collection=collection, conversation=conversation):
         done = event
     return Message.objects.get(pk=done["message"])
 
 
-def question_answer_stream(*, user, question: str, collection: Collection | None = None,
-                           conversation: Conversation | None = None,
+def question_answer_stream(*, user, question: str, collection=None, conversation=None,
                            history: list[tuple[str, str]] | None = None) -> Iterator[dict]:
     """Answer `question` in `collection` (or continue `conversation`), yielding events as stages finish.
 
+    `collection` is a Collection or its id, slug or name; `conversation` a Conversation or its id.
+    Both are looked up for `user` here, so every entry point checks the read rule the same way.
     `history` gives earlier (role, text) turns of a conversation kept elsewhere (an OpenAI client's messages)."""
     question = (question or "").strip()
     if not question:
         raise AnswerError("The question is empty: type a question.")
-    if conversation is None and collection is None:
-        raise AnswerError("Name the collection to ask (or a conversation to continue).")
-    if conversation is not None:
-        collection = conversation.collection
-    if not readable_collections(user).filter(pk=collection.pk).exists():
-        raise CollectionNotFound("No such collection that you may read.")
+    collection, conversation = ask_target(user=user, collection=collection, conversation=conversation)
     history = _history(conversation) if conversation else (history or [])[-HISTORY_TURNS:]
     with answer_slot():  # refused before anything is stored when the process is writing its limit
         yield from _answer_events(user, question, collection, conversation, history)
@@ -130,7 +93,7 @@ def _answer_events(user, question: str, collection: Collection, conversation: Co
     with transaction.atomic():
         conversation = conversation or Conversation.objects.create(user=user, collection=collection, title=question[:200])
         asked = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=question)
-    yield {"event": "start", "conversation": conversation.pk, "question_message": asked.pk}
+    yield {"event": "start", "conversation": conversation.pk, "collection": collection.slug, "question_message": asked.pk}
 
     standalone = _standalone_question(question, history, run)
     ranked, reranked = _passages_ranked(standalone, collection, user, run)
@@ -287,7 +250,7 @@ def _citation(message: Message, item: RankedCandidate, passage: Passage, *, sent
 
 
 def _done_event(message: Message) -> dict:
-    return {"event": "done", "message": message.pk, **answer_json(message)}
+    return {"event": "done", **AnswerSerializer(message).data}
 
 
 def fallback_text(answer: dict) -> str:
@@ -297,23 +260,3 @@ def fallback_text(answer: dict) -> str:
         page = f", page {citation['page']}" if citation["page"] else ""
         lines.append(f"[{citation['number']}] {citation['title']}{page}: {citation['text'][:500]}")
     return "\n\n".join(lines)
-
-
-def answer_json(message: Message) -> dict:
-    """An answer as the APIs return it."""
-    citations = list(message.citations.all())
-    valid = [c.number for c in citations if c.cited]
-    _, invalid = citations_check(message.content, passage_count=sum(c.sent for c in citations))
-    return {
-        "answer": message.content, "generated": message.generated, "notice": message.notice,
-        "standalone_question": message.standalone_question, "reranked": message.reranked,
-        "cited": valid, "invalid_citations": invalid, "timings": message.timings, "usage": message.usage,
-        "citations": [citation_json(c) for c in citations],
-    }
-
-
-def citation_json(citation: Citation) -> dict:
-    return {"number": citation.number, "chunk": citation.chunk_id, "document": citation.document_id,
-            "title": citation.document_title, "page": citation.page, "text": citation.text,
-            "score": citation.score, "rerank_score": citation.rerank_score, "sent": citation.sent,
-            "cited": citation.cited}

@@ -9,16 +9,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from ragapp.answers.models import Conversation, Message
 from ragapp.answers.rendering import answer_html
-from ragapp.answers.services import (
-    AnswerError,
-    ask_target,
-    citation_json,
-    feedback_record,
-    primed,
-    question_answer_stream,
-)
+from ragapp.answers.errors import AnswerError
+from ragapp.answers.serializers import CitationSerializer
+from ragapp.answers.services import feedback_record, primed, question_answer_stream
 from ragapp.core.streaming import unbuffered_stream
-from ragapp.retrieval.selectors import readable_collections
+from ragapp.documents.selectors import collection_readable_by
 
 MAX_QUESTION_CHARACTERS = 4000
 
@@ -31,7 +26,7 @@ def chat(request, conversation_id: int | None = None):
         conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
     context = {
         "conversations": Conversation.objects.filter(user=request.user)[:100],
-        "collections": readable_collections(request.user),
+        "collections": collection_readable_by(user=request.user),
         "conversation": conversation,
         "turns": _turns(conversation) if conversation else [],
     }
@@ -47,7 +42,7 @@ def _turns(conversation: Conversation) -> list[dict]:
         turns.append({
             "message": message,
             "html": answer_html(message.content, sent=sent) if message.role == Message.Role.ASSISTANT else "",
-            "citations": [citation_json(citation) for citation in citations],
+            "citations": CitationSerializer(citations, many=True).data,
             "rating": next((f.rating for f in message.feedback.all() if f.user_id == conversation.user_id), 0),
         })
     return turns
@@ -59,9 +54,9 @@ def ask(request):
     """Stream the answer as newline-delimited JSON events (see answers.services)."""
     question = request.POST.get("question", "").strip()[:MAX_QUESTION_CHARACTERS]
     try:
-        target = ask_target(user=request.user, collection=request.POST.get("collection"),
-                            conversation=request.POST.get("conversation"))
-        events = primed(question_answer_stream(user=request.user, question=question, **target))
+        events = primed(question_answer_stream(user=request.user, question=question,
+                                               collection=request.POST.get("collection"),
+                                               conversation=request.POST.get("conversation")))
     except AnswerError as error:
         return JsonResponse({"error": str(error)}, status=error.status, headers=error.headers())
     return unbuffered_stream(_lines(events), "application/x-ndjson; charset=utf-8")

@@ -15,10 +15,10 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ragapp.answers.services import collection_for_reader, fallback_text, primed, question_answer_stream
+from ragapp.answers.services import fallback_text, primed, question_answer_stream
 from ragapp.api.errors import openai_error, openai_exception_handler
 from ragapp.core.streaming import unbuffered_stream
-from ragapp.retrieval.selectors import readable_collections
+from ragapp.documents.selectors import collection_readable_by
 
 
 class ChatMessage(serializers.Serializer):
@@ -56,7 +56,7 @@ class ModelList(OpenAIView):
     @extend_schema(responses={200: dict}, description="The collections you may ask, listed as models.")
     def get(self, request):
         data = [{"id": collection.slug, "object": "model", "created": int(collection.created_at.timestamp()),
-                 "owned_by": "ragapp", "name": collection.name} for collection in readable_collections(request.user)]
+                 "owned_by": "ragapp", "name": collection.name} for collection in collection_readable_by(user=request.user)]
         return Response({"object": "list", "data": data})
 
 
@@ -70,17 +70,17 @@ class ChatCompletions(OpenAIView):
         turns = [(m["role"], message_text(m["content"])) for m in data["messages"] if m["role"] in ("user", "assistant")]
         if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
             return openai_error("The last message must be the user's question, with text.", status=400, param="messages")
-        collection = collection_for_reader(user=request.user, reference=data["model"])
-        events = primed(question_answer_stream(user=request.user, question=turns[-1][1], collection=collection,
+        events = primed(question_answer_stream(user=request.user, question=turns[-1][1], collection=data["model"],
                                                history=turns[:-1]))
-        completion_id, created = f"chatcmpl-{next(events)['question_message']}", int(time.time())
+        start = next(events)
+        completion_id, created, model = f"chatcmpl-{start['question_message']}", int(time.time()), start["collection"]
         if data["stream"]:
             include_usage = data.get("stream_options", {}).get("include_usage", False)
-            return _stream(events, completion_id, created, collection.slug, include_usage=include_usage)
+            return _stream(events, completion_id, created, model, include_usage=include_usage)
         *_, done = events
         answer = done["answer"] if done["generated"] else fallback_text(done)
         return Response({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": collection.slug,
+            "id": completion_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
             **_usage_field(done), "citations": done["citations"], "rag": _rag_fields(done),
         })

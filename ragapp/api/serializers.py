@@ -3,6 +3,7 @@
 from rest_framework import serializers
 
 from ragapp.answers.models import Conversation, Feedback, Message
+from ragapp.answers.serializers import CitationSerializer
 from ragapp.documents.models import Collection, Document
 
 
@@ -14,34 +15,16 @@ class AskRequest(serializers.Serializer):
 
 
 class PassageSerializer(serializers.Serializer):
+    """A ranked passage of a search (the passages event of an answer too)."""
+
     number = serializers.IntegerField()
-    chunk = serializers.IntegerField(allow_null=True)
-    document = serializers.IntegerField(allow_null=True)
+    chunk = serializers.IntegerField()
+    document = serializers.IntegerField()
     title = serializers.CharField()
     page = serializers.IntegerField(allow_null=True)
     text = serializers.CharField()
     score = serializers.FloatField()
     rerank_score = serializers.FloatField(allow_null=True)
-    sent = serializers.BooleanField(required=False, help_text="Sent to the generator (False: left out to fit).")
-    cited = serializers.BooleanField(required=False, help_text="The answer cites it as [number].")
-
-
-class AnswerSerializer(serializers.Serializer):
-    conversation = serializers.IntegerField()
-    message = serializers.IntegerField()
-    answer = serializers.CharField(allow_blank=True)
-    generated = serializers.BooleanField(help_text="False: no generator answered; the citations are the best passages.")
-    notice = serializers.CharField(allow_blank=True, help_text="What was skipped or failed, in plain words.")
-    standalone_question = serializers.CharField()
-    reranked = serializers.BooleanField()
-    cited = serializers.ListField(child=serializers.IntegerField())
-    invalid_citations = serializers.ListField(child=serializers.IntegerField(),
-                                              help_text="[n] in the answer that name no passage sent: not links.")
-    citations = PassageSerializer(many=True)
-    timings = serializers.DictField(child=serializers.FloatField(), help_text="Seconds per stage.")
-    usage = serializers.DictField(child=serializers.IntegerField(),
-                                  help_text="prompt_tokens and completion_tokens as the generator counted them; "
-                                            "empty when it did not say.")
 
 
 class SearchRequest(serializers.Serializer):
@@ -97,17 +80,12 @@ class DocumentSerializer(serializers.ModelSerializer):
 
 
 class MessageSerializer(serializers.ModelSerializer):
-    citations = serializers.SerializerMethodField()
+    citations = CitationSerializer(many=True, read_only=True)
 
     class Meta:
         model = Message
         fields = ["id", "role", "content", "standalone_question", "generated", "reranked", "notice", "timings",
                   "usage", "created_at", "citations"]
-
-    def get_citations(self, message) -> list[dict]:
-        from ragapp.answers.services import citation_json
-
-        return [citation_json(citation) for citation in message.citations.all()]
 
 
 class ConversationSerializer(serializers.ModelSerializer):

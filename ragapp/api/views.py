@@ -12,19 +12,14 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from ragapp.answers.models import Conversation, Message
-from ragapp.answers.services import (
-    ask_target,
-    collection_for_reader,
-    feedback_record,
-    passages_search,
-    primed,
-    question_answer_stream,
-)
+from ragapp.answers.selectors import collection_for_reader
+from ragapp.answers.serializers import AnswerSerializer
+from ragapp.answers.services import feedback_record, passages_search, primed, question_answer_stream
 from ragapp.api import serializers
 from ragapp.core.streaming import unbuffered_stream
 from ragapp.documents.models import Collection, Document
+from ragapp.documents.selectors import collection_readable_by
 from ragapp.documents.services import collection_create, document_create, document_delete
-from ragapp.retrieval.selectors import readable_collections
 
 
 def server_sent_events(events: Iterator[dict]):
@@ -35,7 +30,7 @@ def server_sent_events(events: Iterator[dict]):
     return unbuffered_stream(encode(), "text/event-stream; charset=utf-8")
 
 
-@extend_schema(request=serializers.AskRequest, responses={200: serializers.AnswerSerializer},
+@extend_schema(request=serializers.AskRequest, responses={200: AnswerSerializer},
                description="Answer a question from a collection's documents, with citations and per-stage timings. "
                            "With stream=true the answer comes as server-sent events: start, passages, token (many), done.")
 @api_view(["POST"])
@@ -43,13 +38,12 @@ def ask(request):
     request_data = serializers.AskRequest(data=request.data)
     request_data.is_valid(raise_exception=True)
     data = request_data.validated_data
-    target = ask_target(user=request.user, collection=data.get("collection"), conversation=data.get("conversation"))
-    events = primed(question_answer_stream(user=request.user, question=data["question"], **target))
+    events = primed(question_answer_stream(user=request.user, question=data["question"],
+                                           collection=data.get("collection"), conversation=data.get("conversation")))
     if data["stream"]:
         return server_sent_events(events)
-    start = next(events)
     *_, done = events
-    return Response({"conversation": start["conversation"], **{k: v for k, v in done.items() if k != "event"}})
+    return Response({key: value for key, value in done.items() if key != "event"})
 
 
 @extend_schema(request=serializers.SearchRequest, responses={200: serializers.SearchResponse},
@@ -83,7 +77,7 @@ class CollectionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     queryset = Collection.objects.all()
 
     def get_queryset(self):
-        return readable_collections(self.request.user).annotate(document_count=Count("documents")).order_by("name")
+        return collection_readable_by(user=self.request.user).annotate(document_count=Count("documents")).order_by("name")
 
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
@@ -102,7 +96,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
     queryset = Document.objects.all()
 
     def get_queryset(self):
-        documents = Document.objects.filter(collection__in=readable_collections(self.request.user)).order_by("-created_at")
+        documents = Document.objects.filter(collection__in=collection_readable_by(user=self.request.user)).order_by("-created_at")
         collection = self.request.query_params.get("collection")
         return documents.filter(collection_id=collection) if collection and collection.isdigit() else documents
 
@@ -110,7 +104,7 @@ class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        if not readable_collections(request.user).filter(pk=data["collection"].pk).exists():
+        if not collection_readable_by(user=request.user).filter(pk=data["collection"].pk).exists():
             raise PermissionDenied("You may not read that collection, so you cannot add to it.")
         document, created = document_create(collection=data["collection"], file=data["file"], uploaded_by=request.user,
                                             title=data.get("title", ""))

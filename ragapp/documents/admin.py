@@ -10,8 +10,8 @@ from django.utils.text import Truncator
 
 from ragapp.documents.forms import DocumentUploadForm
 from ragapp.documents.models import Chunk, Collection, Document
+from ragapp.documents.selectors import collection_readable_by
 from ragapp.documents.services import document_create, document_delete, document_reingest
-from ragapp.retrieval.selectors import readable_collections
 
 CHUNKS_SHOWN_ON_DOCUMENT_PAGE = 100
 
@@ -34,7 +34,7 @@ class CollectionAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Staff who are not superusers see only the collections they may read (the same rule as search).
-        readable = super().get_queryset(request).filter(pk__in=readable_collections(request.user).values("pk"))
+        readable = super().get_queryset(request).filter(pk__in=collection_readable_by(user=request.user).values("pk"))
         return readable.annotate(number_of_documents=Count("documents"))
 
     @admin.display(description="Documents", ordering="number_of_documents")
@@ -55,7 +55,7 @@ class DocumentAdmin(admin.ModelAdmin):
     fields = ["title"] + readonly_fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(collection__in=readable_collections(request.user).values("pk"))
+        return super().get_queryset(request).filter(collection__in=collection_readable_by(user=request.user).values("pk"))
 
     def get_urls(self):
         upload = path("upload/", self.admin_site.admin_view(self.upload_view), name="documents_document_upload")
@@ -71,7 +71,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def upload_view(self, request):
         """Upload one or many files into a collection; ingestion runs in the background."""
-        form = DocumentUploadForm(request.POST or None, request.FILES or None, collections=readable_collections(request.user))
+        form = DocumentUploadForm(request.POST or None, request.FILES or None, collections=collection_readable_by(user=request.user))
         if request.method == "POST" and form.is_valid():
             for file in form.cleaned_data["files"]:
                 self._create_from_upload(request, form.cleaned_data["collection"], file)
@@ -155,7 +155,7 @@ class ChunkAdmin(admin.ModelAdmin):
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(collection__in=readable_collections(request.user).values("pk"))
+        return super().get_queryset(request).filter(collection__in=collection_readable_by(user=request.user).values("pk"))
 
     def has_add_permission(self, request):
         return False  # chunks come from ingestion only

@@ -4,7 +4,7 @@ from django.shortcuts import get_object_or_404
 
 from ragapp.documents.models import Document
 from ragapp.documents.parsing import MARKDOWN, PDF, PLAIN_TEXT
-from ragapp.retrieval.selectors import readable_collections
+from ragapp.documents.selectors import collection_readable_by
 
 # What a browser may show in the page (citations link to PDF pages as #page=N); anything else,
 # HTML and SVG included, is downloaded, so an uploaded page never runs in our origin.
@@ -18,7 +18,7 @@ INLINE_CONTENT_TYPES = {
 @login_required
 def document_file(request, document_id: int):
     """Serve an uploaded original to those who may read its collection (citations link here)."""
-    document = get_object_or_404(Document, pk=document_id, collection__in=readable_collections(request.user))
+    document = get_object_or_404(Document, pk=document_id, collection__in=collection_readable_by(user=request.user))
     if not document.file:
         raise Http404("This document's file was not kept (it was refused at upload).")
     inline_type = INLINE_CONTENT_TYPES.get(document.content_type)

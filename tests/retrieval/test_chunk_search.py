@@ -7,7 +7,7 @@ from django.db import connection
 from ragapp.documents.models import Chunk, CollectionTextStatistics, Document
 from ragapp.documents.services import document_delete
 from ragapp.documents.services import collection_get_or_create
-from ragapp.retrieval.selectors import HYBRID_SQL, chunk_search, search_parameters
+from ragapp.retrieval.selectors import chunk_search, search_query, search_statement
 from tests.conftest import text_statistics_hold
 
 pytestmark = pytest.mark.django_db
@@ -88,11 +88,11 @@ def _plan(collection, query: str, *, rows: int = 3000) -> str:
               char_start=0, char_end=5, token_count=2, embedding=vector)
         for i, vector in enumerate(vectors)
     )
-    params = search_parameters(query=query, collection=collection, reader=None, k=100, limit=100, mode="hybrid",
-                               embedding=vectors[0].tolist())
+    statement, params = search_statement(parsed=search_query(query), collection=collection, reader=None,
+                                         embedding=vectors[0], k=100, limit=100, mode="hybrid")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE documents_chunk")
-        cursor.execute("EXPLAIN " + HYBRID_SQL, params)
+        cursor.execute("EXPLAIN " + statement, params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
