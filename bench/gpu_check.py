@@ -163,12 +163,12 @@ def recipes(options) -> list[tuple[str, list[Phase]]]:
     With pseudo-query groups (`manage.py train_reranker --pseudo-queries`, titles of the corpus as
     queries) two more: both kinds mixed, and pseudo-queries first with the labelled recipe after.
     """
-    from reranking import train
+    from reranking.groups import training_groups_read
 
-    labelled = train.training_groups_read(path=options.groups)
+    labelled = training_groups_read(path=options.groups)
     plan = [("labelled", [Phase(labelled, options.epochs, options.validation_fraction)])]
     if options.pseudo_groups.exists() and options.pseudo_limit:
-        pseudo = train.training_groups_read(path=options.pseudo_groups)[:options.pseudo_limit]
+        pseudo = training_groups_read(path=options.pseudo_groups)[:options.pseudo_limit]
         plan += [
             ("mixed", [Phase([*labelled, *pseudo], options.pseudo_epochs, options.validation_fraction)]),
             ("staged", [Phase(pseudo, 1, 0.0), Phase(labelled, options.epochs, options.validation_fraction)]),

@@ -23,40 +23,22 @@ No Django here: the app mines the groups (`ragapp.tuning.training_data`) and cal
 import argparse
 import contextlib
 import json
-import lzma
 import math
 import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from reranking.groups import TrainingError, TrainingGroup, training_groups_read, validation_split
 
 LOSSES = ("infonce", "bce", "mse")
 TRAINING_RECORD = "reranker_training.json"
 # Written into the saved config so that CrossEncoder applies a sigmoid to the one logit
 # (its default for num_labels=1 as well; stating it keeps the scores' meaning explicit).
 SIGMOID_ACTIVATION = "torch.nn.modules.activation.Sigmoid"
-
-
-class TrainingError(Exception):
-    """The groups or the options cannot be trained on as given; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class TrainingGroup:
-    query: str
-    positives: list[str]
-    negatives: list[str]
-    # Graded relevance of each positive in [0, 1] (bce/mse targets); None: every positive is 1.
-    positive_labels: list[float] | None = None
-    # Mined without labels (a pseudo-query, e.g. a document's title): trained on, never used to
-    # validate, since validation must say how the model ranks real questions.
-    pseudo: bool = False
-
-
-GROUP_DEFAULTS = {field.name: field.default for field in fields(TrainingGroup) if field.default is not MISSING}
 
 
 @dataclass(frozen=True)
@@ -120,53 +102,6 @@ class StepGroup:
     query: str
     passages: list[str]
     labels: list[float]
-
-
-# ---------------------------------------------------------------- groups on disk
-
-
-def training_groups_read(*, path: Path) -> list[TrainingGroup]:
-    """Read groups from JSONL: one {"query", "positives", "negatives"[, "positive_labels", "pseudo"]} a line.
-
-    A path ending in .xz is read through xz (groups travel compressed: their hard negatives recur).
-    """
-    opener = lzma.open if Path(path).suffix == ".xz" else open
-    groups = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                groups.append(_group_from_row(json.loads(line), f"{path}, line {line_number}"))
-    return groups
-
-
-def training_groups_write(*, groups: Iterable[TrainingGroup | dict], path: Path) -> int:
-    """Write groups as JSONL (dicts may carry extra keys, e.g. a query id); return how many."""
-    count = 0
-    with Path(path).open("w", encoding="utf-8") as handle:
-        for group in groups:
-            row = asdict(group) if isinstance(group, TrainingGroup) else group
-            # Fields left at their defaults stay out of the file: a plain labelled group's row reads as it always did.
-            row = {key: value for key, value in row.items() if value is not None and value != GROUP_DEFAULTS.get(key)}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
-def _group_from_row(row: dict, where: str) -> TrainingGroup:
-    try:
-        group = TrainingGroup(
-            query=str(row["query"]), positives=[str(text) for text in row["positives"]],
-            negatives=[str(text) for text in row.get("negatives", [])],
-            positive_labels=[float(label) for label in row["positive_labels"]] if row.get("positive_labels") else None,
-            pseudo=bool(row.get("pseudo", False)),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise TrainingError(f"{where}: expected {{\"query\": str, \"positives\": [str], \"negatives\": [str]}} ({error}).") from error
-    if group.positive_labels is not None and (
-        len(group.positive_labels) != len(group.positives) or not all(0 <= label <= 1 for label in group.positive_labels)
-    ):
-        raise TrainingError(f"{where}: positive_labels needs one value in [0, 1] per positive.")
-    return group
 
 
 # ---------------------------------------------------------------- sampling
@@ -289,27 +224,6 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
         record = _training_record(base_model, options, result, device, model)
     cross_encoder_save(model, tokenizer, output=Path(output), record=record)
     return result
-
-
-def validation_split(groups: Sequence[TrainingGroup], *, fraction: float, seed: int) -> tuple[list, list]:
-    """Split groups by query: (training, validation), about `fraction` of the labelled queries in validation.
-
-    Every group of one query lands on the same side, so validation queries are never trained on.
-    Pseudo-query groups always train: the fraction is of the labelled queries alone.
-    """
-    if not fraction:
-        return list(groups), []
-    queries = sorted({group.query for group in groups if not group.pseudo})
-    random.Random(seed).shuffle(queries)
-    held = set(queries[: round(fraction * len(queries))])
-    validation = [group for group in groups if group.query in held and not group.pseudo]
-    training = [group for group in groups if group.query not in held or group.pseudo]
-    if not validation or not training:
-        raise TrainingError(
-            f"A validation fraction of {fraction} leaves {len(training)} training and {len(validation)} validation groups "
-            f"out of {len(groups)}: give more groups or a fraction that leaves some on both sides."
-        )
-    return training, validation
 
 
 def validation_ndcg(model, tokenizer, groups: Sequence[TrainingGroup], queries: dict[str, str],
