@@ -12,6 +12,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reranking import train
 from reranking.groups import TrainingGroup, training_groups_write, validation_split
+from reranking.model import CrossEncoderScorer
+from reranking.server import Settings, load_scorer
 from reranking.synthetic import build_preset_cross_encoder, shipped_tokenizer_path
 from reranking.train import TrainingOptions
 from tests.reranking.factories import colour_groups
@@ -169,14 +171,35 @@ def test_no_usable_group_is_a_clear_error(tiny_cross_encoder, tmp_path):
                                   base_model=str(tiny_cross_encoder), output=tmp_path / "model", options=QUICK)
 
 
-def test_the_query_is_cut_at_max_query_tokens_without_losing_its_text():
-    tokenizer = AutoTokenizer.from_pretrained(shipped_tokenizer_path())
-    query = "Which Proteins Bind the promoter of TP53 in human fibroblasts after irradiation?"
+def test_a_trained_folder_is_served_with_the_lengths_it_was_trained_with(trained):
+    _, output = trained["infonce"]
 
-    cut = train.query_truncate(tokenizer, query, 5)
+    served = CrossEncoderScorer(str(output), device="cpu")
+    worker = load_scorer(Settings(model=str(output), device="cpu"))
+    overridden = CrossEncoderScorer(str(output), device="cpu", max_length=64, query_max_length=8)
 
-    assert query.startswith(cut) and len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == 5
-    assert train.query_truncate(tokenizer, query, 64) == query
+    assert (QUICK.max_length, QUICK.max_query_tokens) == (32, 16)  # not the defaults, 512 and a quarter of it
+    assert (served.max_length, served.query_max_length) == (32, 16)
+    assert (worker.max_length, worker.query_max_length) == (32, 16)
+    assert (overridden.max_length, overridden.query_max_length) == (64, 8)
+
+
+def test_training_feeds_the_model_the_token_ids_serving_does(trained):
+    _, output = trained["infonce"]
+    model, tokenizer = train.cross_encoder_load(str(output))
+    pairs = [("which of the many colours is the kite that flew over the hill on the windy day? " * 2, "the kite is green " * 9),
+             ("what colour is the kite?", "the kite is green")]
+
+    training_encoder = train.pair_encoder(model, tokenizer, QUICK)
+    trained_on = train.pair_features(training_encoder, training_encoder.tokenize(pairs), torch.device("cpu"))
+    scorer = CrossEncoderScorer(str(output), device="cpu")
+    served = scorer.collate(scorer.tokenize(pairs))
+
+    assert trained_on["input_ids"].tolist() == served.input_ids.tolist()
+    assert trained_on["attention_mask"].tolist() == served.attention_mask.tolist()
+    assert trained_on["token_type_ids"].tolist() == served.token_type_ids.tolist()
+    long_pair = tokenizer.convert_ids_to_tokens(served.input_ids[0])
+    assert len(long_pair) == 32 and long_pair.index("[SEP]") == 1 + 16  # [CLS] + the query cut to its 16 tokens
 
 
 def test_invalid_options_are_refused_with_every_problem_named(tiny_cross_encoder, tmp_path):
@@ -223,6 +246,22 @@ def test_ndcg_at_10_counts_graded_gains_and_only_the_top_ten():
     assert train.ndcg_at_10([0.9, 0.1, 0.5], [1.0, 0.0, 0.0]) == 1.0
     assert train.ndcg_at_10([0.1, 0.9], [1.0, 0.0]) == pytest.approx(1 / math.log2(3))
     assert train.ndcg_at_10([-float(rank) for rank in range(12)], [0.0] * 11 + [1.0]) == 0.0
+
+
+def test_ndcg_at_10_agrees_with_ir_measures_the_evaluation_uses():
+    rng = random.Random(5)
+    qrels, run, ours = {}, {}, {}
+    for query in map(str, range(40)):
+        grades = [rng.choice([0, 0, 0, 1, 2]) for _ in range(rng.randint(2, 25))]
+        grades[rng.randrange(len(grades))] = 2  # at least one relevant passage
+        scores = [float(score) for score in rng.sample(range(1000), len(grades))]  # no ties: their order differs
+        qrels[query] = {str(index): grade for index, grade in enumerate(grades)}
+        run[query] = {str(index): score for index, score in enumerate(scores)}
+        ours[query] = train.ndcg_at_10(scores, [grade / 2 for grade in grades])  # labels in [0, 1], as trained
+
+    theirs = {metric.query_id: metric.value for metric in ir_measures.iter_calc([nDCG @ 10], qrels, run)}
+
+    assert theirs == pytest.approx(ours, abs=1e-9)
 
 
 def test_command_line_trains_and_prints_the_losses(tiny_cross_encoder, tmp_path, capsys):
