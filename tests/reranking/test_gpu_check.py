@@ -65,6 +65,8 @@ def test_every_recipe_trains_and_scores_the_exported_pairs(carried):
         scores[name] = [score for entry in scored["queries"] for score in entry["scores"]]
     assert len({tuple(values) for values in scores.values()}) == 3  # three different models
     assert (out / "trained.tar.part-00").is_file()
+    recorded = json.loads((carried / "gpu" / "trained" / "pair_encoding.json").read_text())
+    assert recorded == {"max_length": 384, "query_max_length": 64}  # the recipe's lengths, served as trained
     assert not [key for key, value in report.items() if isinstance(value, dict) and "error" in value]
 
 
