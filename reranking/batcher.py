@@ -33,7 +33,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from reranking.model import CrossEncoderScorer, EncodedPair, ModelInputs, plan_batches
+from reranking.model import CrossEncoderScorer, plan_batches
+from reranking.pairs import EncodedPair, ModelInputs
 
 logger = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranking.batcher import BatcherClosed, DynamicBatcher, Overloaded, RequestTooLarge, ScoredRequest
 from reranking.model import BACKENDS, DTYPES, CrossEncoderScorer, sigmoid
+from reranking.pairs import DEFAULT_MAX_LENGTH, pair_lengths
 from reranking.protocol import (
     ErrorResponse,
     ModelCard,
@@ -63,7 +64,7 @@ class Settings:
     port: int = 8080
     served_model_name: str | None = None
     max_documents: int = 1000
-    max_length: int = 512
+    max_length: int | None = None
     query_max_length: int | None = None
     token_budget: int | None = None
     max_queue_pairs: int = 8192
@@ -88,8 +89,9 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "port": (int, "TCP port to listen on."),
     "served_model_name": (str, "Model name reported by the API (default: --model)."),
     "max_documents": (int, "Most documents one request may rank; more is a 413 error."),
-    "max_length": (int, "Tokens per (query, document) pair, special tokens included; longer documents are cut."),
-    "query_max_length": (int, "Tokens a query may keep (default: a quarter of --max-length)."),
+    "max_length": (int, "Tokens per (query, document) pair, special tokens included; longer documents are cut "
+                        f"(default: what training recorded in the model's folder, else {DEFAULT_MAX_LENGTH})."),
+    "query_max_length": (int, "Tokens a query may keep (default: what training recorded, else a quarter of --max-length)."),
     "token_budget": (int, "Padded tokens per forward pass (default: 16384 on GPU, 4096 on CPU)."),
     "max_queue_pairs": (int, "Pairs accepted but not yet answered; beyond it requests get 429 with Retry-After."),
     "max_wait_ms": (float, "Milliseconds an idle model waits for concurrent requests to fill a batch."),
@@ -398,7 +400,10 @@ def create_app(settings: Settings, *, loader: ScorerLoader = load_scorer) -> Fas
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        max_length = worker.scorer.max_length if worker.scorer else settings.max_length
+        if worker.scorer:
+            max_length = worker.scorer.max_length
+        else:
+            max_length, _ = pair_lengths(model=settings.model, max_length=settings.max_length, query_max_length=None)
         return ModelList(data=[ModelCard(id=settings.model_id, max_model_len=max_length)])
 
     return app

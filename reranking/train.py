@@ -11,8 +11,10 @@ every epoch. The loss is either
 - `bce` / `mse`: each pair on its own, label 1 (or the positive's graded label in [0, 1]) for a
   positive and 0 for a negative; BCE on the logit, MSE on its sigmoid.
 
+Pairs are encoded by `reranking.pairs.PairEncoder`, the serving code's own, at the same lengths.
 The saved folder is a plain Hugging Face sequence-classification model with one logit, its
-tokenizer and `reranker_training.json` (options and per-epoch losses). Both
+tokenizer, `pair_encoding.json` (the lengths trained with, which the worker serves with) and
+`reranker_training.json` (options and per-epoch losses). Both
 `AutoModelForSequenceClassification.from_pretrained(folder)` and
 `sentence_transformers.CrossEncoder(folder)` load it; CrossEncoder scores with a sigmoid.
 
@@ -23,40 +25,29 @@ No Django here: the app mines the groups (`ragapp.tuning.training_data`) and cal
 import argparse
 import contextlib
 import json
-import lzma
 import math
 import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as functional
+from tqdm import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+from reranking.groups import TrainingError, TrainingGroup, training_groups_read, validation_split
+from reranking.pairs import DEFAULT_MAX_LENGTH, EncodedPair, PairEncoder, PairLayoutError
+
 LOSSES = ("infonce", "bce", "mse")
+MIN_MAX_LENGTH = 8  # the special tokens and a few tokens of each text
 TRAINING_RECORD = "reranker_training.json"
 # Written into the saved config so that CrossEncoder applies a sigmoid to the one logit
 # (its default for num_labels=1 as well; stating it keeps the scores' meaning explicit).
 SIGMOID_ACTIVATION = "torch.nn.modules.activation.Sigmoid"
-
-
-class TrainingError(Exception):
-    """The groups or the options cannot be trained on as given; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class TrainingGroup:
-    query: str
-    positives: list[str]
-    negatives: list[str]
-    # Graded relevance of each positive in [0, 1] (bce/mse targets); None: every positive is 1.
-    positive_labels: list[float] | None = None
-    # Mined without labels (a pseudo-query, e.g. a document's title): trained on, never used to
-    # validate, since validation must say how the model ranks real questions.
-    pseudo: bool = False
-
-
-GROUP_DEFAULTS = {field.name: field.default for field in fields(TrainingGroup) if field.default is not MISSING}
 
 
 @dataclass(frozen=True)
@@ -66,8 +57,8 @@ class TrainingOptions:
     learning_rate: float = 5e-5
     group_size: int = 16  # pairs per step group: 1 positive + group_size - 1 negatives
     batch_groups: int = 8  # step groups per optimiser step
-    max_length: int = 384  # tokens of a query-passage pair, special tokens included
-    max_query_tokens: int = 64  # the query's share is cut to this many tokens first
+    max_length: int = DEFAULT_MAX_LENGTH  # tokens of a query-passage pair, special tokens included
+    max_query_tokens: int | None = None  # the query's share is cut to this first; None: a quarter of max_length
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -122,53 +113,6 @@ class StepGroup:
     labels: list[float]
 
 
-# ---------------------------------------------------------------- groups on disk
-
-
-def training_groups_read(*, path: Path) -> list[TrainingGroup]:
-    """Read groups from JSONL: one {"query", "positives", "negatives"[, "positive_labels", "pseudo"]} a line.
-
-    A path ending in .xz is read through xz (groups travel compressed: their hard negatives recur).
-    """
-    opener = lzma.open if Path(path).suffix == ".xz" else open
-    groups = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                groups.append(_group_from_row(json.loads(line), f"{path}, line {line_number}"))
-    return groups
-
-
-def training_groups_write(*, groups: Iterable[TrainingGroup | dict], path: Path) -> int:
-    """Write groups as JSONL (dicts may carry extra keys, e.g. a query id); return how many."""
-    count = 0
-    with Path(path).open("w", encoding="utf-8") as handle:
-        for group in groups:
-            row = asdict(group) if isinstance(group, TrainingGroup) else group
-            # Fields left at their defaults stay out of the file: a plain labelled group's row reads as it always did.
-            row = {key: value for key, value in row.items() if value is not None and value != GROUP_DEFAULTS.get(key)}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
-def _group_from_row(row: dict, where: str) -> TrainingGroup:
-    try:
-        group = TrainingGroup(
-            query=str(row["query"]), positives=[str(text) for text in row["positives"]],
-            negatives=[str(text) for text in row.get("negatives", [])],
-            positive_labels=[float(label) for label in row["positive_labels"]] if row.get("positive_labels") else None,
-            pseudo=bool(row.get("pseudo", False)),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise TrainingError(f"{where}: expected {{\"query\": str, \"positives\": [str], \"negatives\": [str]}} ({error}).") from error
-    if group.positive_labels is not None and (
-        len(group.positive_labels) != len(group.positives) or not all(0 <= label <= 1 for label in group.positive_labels)
-    ):
-        raise TrainingError(f"{where}: positive_labels needs one value in [0, 1] per positive.")
-    return group
-
-
 # ---------------------------------------------------------------- sampling
 
 
@@ -193,24 +137,11 @@ def epoch_step_groups(groups: Sequence[TrainingGroup], *, group_size: int, rng: 
     return step_groups
 
 
-def query_truncate(tokenizer, query: str, max_tokens: int) -> str:
-    """Cut the query text after its first `max_tokens` tokens (at a character offset, losslessly)."""
-    encoding = tokenizer(query, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
-    if len(encoding["input_ids"]) <= max_tokens:
-        return query
-    if tokenizer.is_fast:
-        return query[: encoding["offset_mapping"][max_tokens - 1][1]]
-    return tokenizer.decode(encoding["input_ids"][:max_tokens])
-
-
 # ---------------------------------------------------------------- losses
 
 
 def batch_loss(logits, step_groups: Sequence[StepGroup], loss: str):
     """Loss of one batch; `logits` holds every pair's logit, step group after step group."""
-    import torch
-    import torch.nn.functional as functional
-
     logits = logits.float()
     sizes = [len(step_group.passages) for step_group in step_groups]
     if loss == "infonce":
@@ -233,8 +164,6 @@ def batch_loss(logits, step_groups: Sequence[StepGroup], loss: str):
 def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, output: Path,
                         options: TrainingOptions = TrainingOptions(), progress: bool = True) -> TrainingResult:
     """Fine-tune `base_model` (a cross-encoder, or a plain encoder that gets a fresh one-logit head) and save it."""
-    import torch
-
     _options_check(options)
     trainable = usable_groups(groups)
     if not trainable:
@@ -246,9 +175,9 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
     device = _device_pick(options.device)
     torch.manual_seed(options.seed)  # the fresh head's initial weights come from this seed
     model, tokenizer = cross_encoder_load(base_model, device=device)
+    encoder = pair_encoder(model, tokenizer, options)
     if options.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
-    queries = {group.query: query_truncate(tokenizer, group.query, options.max_query_tokens) for group in [*trainable, *validation]}
     steps_per_epoch = math.ceil(sum(len(group.positives) for group in trainable) / options.batch_groups)
     optimizer, scheduler = _optimizer_build(model, options, total_steps=steps_per_epoch * options.epochs)
 
@@ -261,7 +190,7 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
             bar = _progress(_batched(step_groups, options.batch_groups), f"Epoch {epoch}/{options.epochs}", enabled=progress)
             losses = []
             for batch in bar:
-                losses.append(_train_step(model, tokenizer, batch, queries, options, device))
+                losses.append(_train_step(model, encoder, batch, options, device))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -272,7 +201,7 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
             message = f"Epoch {epoch}/{options.epochs}: mean loss {epoch_losses[-1]:.4f}"
             if validation:
                 validation_started = time.perf_counter()
-                best.offer(epoch, validation_ndcg(model, tokenizer, validation, queries, options, device), model)
+                best.offer(epoch, validation_ndcg(model, encoder, validation, options, device), model)
                 best.seconds += time.perf_counter() - validation_started
                 message += f", validation nDCG@10 {best.scores[-1]:.4f}"
             _say(message, enabled=progress)
@@ -287,54 +216,33 @@ def cross_encoder_train(*, groups: Sequence[TrainingGroup], base_model: str, out
             validation_seconds=best.seconds, pseudo_groups=sum(group.pseudo for group in trainable),
         )
         record = _training_record(base_model, options, result, device, model)
-    cross_encoder_save(model, tokenizer, output=Path(output), record=record)
+    cross_encoder_save(model, encoder, output=Path(output), record=record)
     return result
 
 
-def validation_split(groups: Sequence[TrainingGroup], *, fraction: float, seed: int) -> tuple[list, list]:
-    """Split groups by query: (training, validation), about `fraction` of the labelled queries in validation.
-
-    Every group of one query lands on the same side, so validation queries are never trained on.
-    Pseudo-query groups always train: the fraction is of the labelled queries alone.
-    """
-    if not fraction:
-        return list(groups), []
-    queries = sorted({group.query for group in groups if not group.pseudo})
-    random.Random(seed).shuffle(queries)
-    held = set(queries[: round(fraction * len(queries))])
-    validation = [group for group in groups if group.query in held and not group.pseudo]
-    training = [group for group in groups if group.query not in held or group.pseudo]
-    if not validation or not training:
-        raise TrainingError(
-            f"A validation fraction of {fraction} leaves {len(training)} training and {len(validation)} validation groups "
-            f"out of {len(groups)}: give more groups or a fraction that leaves some on both sides."
-        )
-    return training, validation
-
-
-def validation_ndcg(model, tokenizer, groups: Sequence[TrainingGroup], queries: dict[str, str],
-                    options: TrainingOptions, device) -> float:
+def validation_ndcg(model, encoder: PairEncoder, groups: Sequence[TrainingGroup], options: TrainingOptions,
+                    device) -> float:
     """Mean nDCG@10 of the model's ranking of each group's positives and whole negative pool."""
-    import torch
-
     model.eval()
-    values = []
+    values, chunk = [], options.batch_groups * options.group_size
     with torch.no_grad():
         for group in groups:
             passages = [*group.positives, *group.negatives]
             gains = [*(group.positive_labels or [1.0] * len(group.positives)), *([0.0] * len(group.negatives))]
             scores = []
-            for start in range(0, len(passages), options.batch_groups * options.group_size):
-                chunk = passages[start:start + options.batch_groups * options.group_size]
-                features = _pair_features(tokenizer, [(queries[group.query], passage) for passage in chunk], options, device)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    scores += model(**features).logits[:, 0].float().tolist()
+            for start in range(0, len(passages), chunk):
+                encoded = encoder.tokenize_query(group.query, passages[start:start + chunk])
+                scores += pair_logits(model, encoder, encoded, device).float().tolist()
             values.append(ndcg_at_10(scores, gains))
     return sum(values) / len(values)
 
 
 def ndcg_at_10(scores: Sequence[float], gains: Sequence[float]) -> float:
-    """nDCG@10 of ranking items by `scores` (ties keep the given order), with graded `gains`."""
+    """nDCG@10 of ranking items by `scores` (ties keep the given order), with graded `gains`.
+
+    Not ir_measures, which `manage.py evaluate` uses: the GPU machine has only torch and transformers,
+    and its qrels take integer grades. A test holds the two to the same values.
+    """
     ranked = sorted(range(len(scores)), key=lambda index: -scores[index])[:10]
     dcg = sum(gains[index] / math.log2(rank + 2) for rank, index in enumerate(ranked))
     ideal = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(sorted(gains, reverse=True)[:10]))
@@ -361,31 +269,38 @@ def _batched(items: list, size: int) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def _train_step(model, tokenizer, batch: list[StepGroup], queries: dict[str, str], options: TrainingOptions, device) -> float:
+def _train_step(model, encoder: PairEncoder, batch: list[StepGroup], options: TrainingOptions, device) -> float:
     """Run one batch forward and backward, clip the gradients; return the loss."""
-    import torch
-
-    pairs = [(queries[step_group.query], passage) for step_group in batch for passage in step_group.passages]
-    features = _pair_features(tokenizer, pairs, options, device)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(**features).logits.squeeze(-1)
-    loss = batch_loss(logits, batch, options.loss)
+    encoded = encoder.tokenize([(step_group.query, passage) for step_group in batch for passage in step_group.passages])
+    loss = batch_loss(pair_logits(model, encoder, encoded, device), batch, options.loss)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
     return loss.item()
 
 
-def _pair_features(tokenizer, pairs: list[tuple[str, str]], options: TrainingOptions, device):
-    """Model inputs for (query, passage) pairs: padded, the passage cut to fit max_length."""
-    return tokenizer([query for query, _ in pairs], [passage for _, passage in pairs], padding=True,
-                     truncation="only_second", max_length=options.max_length, return_tensors="pt").to(device)
+def pair_encoder(model, tokenizer, options: TrainingOptions) -> PairEncoder:
+    """The serving encoder at the options' lengths (capped by the model's positions, as serving caps them)."""
+    try:
+        return PairEncoder(tokenizer, max_length=options.max_length, query_max_length=options.max_query_tokens,
+                           position_limit=getattr(model.config, "max_position_embeddings", None))
+    except PairLayoutError as error:
+        raise TrainingError(f"{error} Start from a cross-encoder or a BERT-like encoder.") from error
+
+
+def pair_features(encoder: PairEncoder, encoded: Sequence[EncodedPair], device) -> dict[str, torch.Tensor]:
+    """Model inputs for encoded pairs: padded, as tensors on `device`."""
+    inputs = encoder.collate(encoded)
+    return {name: torch.from_numpy(array).to(device) for name, array in inputs._asdict().items() if array is not None}
+
+
+def pair_logits(model, encoder: PairEncoder, encoded: Sequence[EncodedPair], device) -> torch.Tensor:
+    """The one logit of each pair (bf16 autocast on CUDA)."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(**pair_features(encoder, encoded, device)).logits[:, 0]
 
 
 def cross_encoder_load(name_or_path: str, *, device=None):
     """Load a sequence-classification model with one logit (a fresh head for a plain encoder) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         # float32 whatever the checkpoint holds: transformers 5 keeps a bf16 checkpoint in bf16, and
@@ -400,20 +315,18 @@ def cross_encoder_load(name_or_path: str, *, device=None):
     return (model.to(device) if device is not None else model), tokenizer
 
 
-def cross_encoder_save(model, tokenizer, *, output: Path, record: dict) -> None:
-    """Save model, tokenizer and the training record into `output` (created if needed)."""
+def cross_encoder_save(model, encoder: PairEncoder, *, output: Path, record: dict) -> None:
+    """Save model, tokenizer, the pair lengths and the training record into `output` (created if needed)."""
     output.mkdir(parents=True, exist_ok=True)
     model.config.sentence_transformers = {"activation_fn": SIGMOID_ACTIVATION}
     model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
+    encoder.tokenizer.save_pretrained(output)
+    encoder.save(output)
     (output / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def _optimizer_build(model, options: TrainingOptions, *, total_steps: int):
     """AdamW (no decay on biases and LayerNorm weights), linear warmup then linear decay to zero."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     decayed = [p for name, p in trainable if p.ndim >= 2 and "LayerNorm" not in name]
     undecayed = [p for name, p in trainable if not (p.ndim >= 2 and "LayerNorm" not in name)]
@@ -426,8 +339,6 @@ def _optimizer_build(model, options: TrainingOptions, *, total_steps: int):
 
 
 def _device_pick(requested: str | None):
-    import torch
-
     device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"Device {requested!r} was asked for but CUDA is not available here: use --device cpu.")
@@ -437,8 +348,6 @@ def _device_pick(requested: str | None):
 @contextlib.contextmanager
 def _cpu_threads(device, threads: int | None):
     """Run the block with `threads` torch threads on the CPU (default: the idle cores), then restore."""
-    import torch
-
     previous = torch.get_num_threads()
     if device.type == "cpu" and (threads or not os.environ.get("OMP_NUM_THREADS")):
         torch.set_num_threads(threads or idle_cpu_threads())
@@ -467,8 +376,11 @@ def _options_check(options: TrainingOptions) -> None:
         problems.append("group size must be at least 2 (a positive and a negative)")
     if options.epochs < 1 or options.batch_groups < 1:
         problems.append("epochs and batch groups must be at least 1")
-    if not 0 < options.max_query_tokens <= options.max_length - 4:
-        problems.append("max query tokens must be positive and leave room for the passage within max length")
+    if options.max_length < MIN_MAX_LENGTH:
+        problems.append(f"max length must be at least {MIN_MAX_LENGTH}")
+    if options.max_query_tokens is not None and not 0 < options.max_query_tokens <= options.max_length // 2:
+        # The pair encoder keeps at most half of max_length for the query, the passage the rest.
+        problems.append("max query tokens must be positive and at most half of max length")
     if options.learning_rate <= 0 or not 0 <= options.warmup_fraction < 1:
         problems.append("learning rate must be positive and warmup fraction in [0, 1)")
     if options.limit_groups is not None and options.limit_groups < 1:
@@ -483,8 +395,6 @@ def _options_check(options: TrainingOptions) -> None:
 
 
 def _training_record(base_model: str, options: TrainingOptions, result: TrainingResult, device, model) -> dict:
-    import torch
-
     return {
         "base_model": str(base_model),
         "options": {**asdict(options), "device": str(device)},
@@ -509,15 +419,11 @@ def _training_record(base_model: str, options: TrainingOptions, result: Training
 
 
 def _progress(batches, description: str, *, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(batches, desc=description, unit="step", disable=not enabled, dynamic_ncols=True)
 
 
 def _say(message: str, *, enabled: bool) -> None:
     if enabled:
-        from tqdm import tqdm
-
         tqdm.write(message)
 
 
@@ -552,7 +458,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=defaults.max_length,
                         help=f"Most tokens of a query-passage pair (the passage is cut). Default: {defaults.max_length}.")
     parser.add_argument("--max-query-tokens", type=int, default=defaults.max_query_tokens,
-                        help=f"The query is cut to this many tokens before pairing. Default: {defaults.max_query_tokens}.")
+                        help="The query is cut to this many tokens before pairing (at most half of --max-length). "
+                             "Default: a quarter of --max-length. Both lengths are saved with the model, which is served with them.")
     parser.add_argument("--limit-groups", type=int, default=None, metavar="N",
                         help="Train on a random subset (fixed by --seed) of N groups, e.g. to fit a CPU time budget. Default: all.")
     parser.add_argument("--freeze-embeddings", action="store_true",

@@ -14,7 +14,7 @@ from ragapp.answers.models import Feedback, Message
 from ragapp.documents.models import Collection
 from ragapp.retrieval.selectors import chunk_search
 from ragapp.tuning.training_data import MINING_DEPTH, MinedGroup, MiningResult
-from reranking.train import TrainingGroup
+from reranking.groups import TrainingGroup
 
 
 def feedback_groups_mine(*, collection: Collection | None = None, depth: int = MINING_DEPTH,

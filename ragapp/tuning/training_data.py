@@ -38,7 +38,7 @@ from ragapp.documents.models import Chunk, Collection, Document
 from ragapp.retrieval.query_syntax import without_negation
 from ragapp.retrieval.selectors import chunk_search
 from ragapp.tuning.evaluation import BeirDataset
-from reranking.train import TrainingGroup
+from reranking.groups import TrainingGroup, queries_hold_out
 
 MINING_DEPTH = 100  # chunks retrieved per query, as in the reranker's use
 # Negatives kept per pseudo-query, the best-ranked (hardest) first: fresh ones for groups of 16
@@ -51,16 +51,6 @@ PSEUDO_TITLE_MIN_WORDS = 4  # shorter titles ("Results", "Chapter 2") say too li
 class MinedGroup:
     query_id: str
     group: TrainingGroup
-
-    def as_row(self) -> dict:
-        """The JSONL row `reranking.train` reads (the query id rides along for people)."""
-        row = {"query_id": self.query_id, "query": self.group.query,
-               "positives": self.group.positives, "negatives": self.group.negatives}
-        if self.group.positive_labels is not None:
-            row["positive_labels"] = self.group.positive_labels
-        if self.group.pseudo:
-            row["pseudo"] = True
-        return row
 
 
 @dataclass(frozen=True)
@@ -191,9 +181,7 @@ def query_ids_split(*, query_ids: Sequence[str], holdout_fraction: float, seed: 
     if not 0 < holdout_fraction < 1:
         raise ValueError(f"The held-out fraction must be between 0 and 1, got {holdout_fraction}.")
     unique = list(dict.fromkeys(query_ids))
-    shuffled = sorted(unique)  # independent of the input order: the same ids always split the same way
-    random.Random(seed).shuffle(shuffled)
-    heldout = set(shuffled[: round(len(unique) * holdout_fraction)])
+    heldout = queries_hold_out(queries=unique, fraction=holdout_fraction, seed=seed)
     return [qid for qid in unique if qid not in heldout], [qid for qid in unique if qid in heldout]
 
 

@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 import uvicorn
 
-from reranking.model import CrossEncoderScorer, EncodedPair, ModelInputs
+from reranking.model import CrossEncoderScorer
+from reranking.pairs import EncodedPair, ModelInputs
 from reranking.server import Settings, load_scorer
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reranking import train
+from reranking.groups import TrainingGroup, training_groups_write
 from reranking.synthetic import build_preset_cross_encoder
-from reranking.train import TrainingGroup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import gpu_check  # noqa: E402
@@ -35,8 +34,8 @@ def carried(tmp_path, monkeypatch):
     pseudo = [TrainingGroup(query=f"A study of {thing}", positives=[f"We studied {thing} closely."],
                             negatives=[f"We studied {other} closely." for other in THINGS[:6] if other != thing], pseudo=True)
               for thing in THINGS]
-    train.training_groups_write(groups=labelled, path=tmp_path / "groups.jsonl")
-    train.training_groups_write(groups=pseudo, path=tmp_path / "pseudo.jsonl")
+    training_groups_write(groups=labelled, path=tmp_path / "groups.jsonl")
+    training_groups_write(groups=pseudo, path=tmp_path / "pseudo.jsonl")
     gpu_check.compress(tmp_path / "groups.jsonl", folder / "groups.jsonl.xz")
     gpu_check.compress(tmp_path / "pseudo.jsonl", folder / "pseudo-groups.jsonl.xz")
     texts = ["thing1 is red", "thing1 is big", "thing2 is old"]
@@ -66,6 +65,8 @@ def test_every_recipe_trains_and_scores_the_exported_pairs(carried):
         scores[name] = [score for entry in scored["queries"] for score in entry["scores"]]
     assert len({tuple(values) for values in scores.values()}) == 3  # three different models
     assert (out / "trained.tar.part-00").is_file()
+    recorded = json.loads((carried / "gpu" / "trained" / "pair_encoding.json").read_text())
+    assert recorded == {"max_length": 384, "query_max_length": 64}  # the recipe's lengths, served as trained
     assert not [key for key, value in report.items() if isinstance(value, dict) and "error" in value]
 
 

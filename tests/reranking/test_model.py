@@ -89,6 +89,11 @@ def test_query_cap_defaults_to_a_quarter_of_max_length(one_logit_model_path):
     assert CrossEncoderScorer(one_logit_model_path, device="cpu", max_length=256).query_max_length == 64
 
 
+def test_a_model_without_recorded_lengths_is_served_at_512_tokens_a_quarter_for_the_query(scorer):
+    # Hub rerankers carry no pair_encoding.json: they keep the lengths they were always served with.
+    assert (scorer.max_length, scorer.query_max_length) == (512, 128)
+
+
 def test_one_megabyte_document_is_cut_and_scores_like_its_first_tokens(scorer):
     words = " ".join(f"word{index % 997}" for index in range(200_000))[: 1_000_000]
     start = " ".join(words.split()[:2000])

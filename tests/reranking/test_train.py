@@ -11,27 +11,17 @@ from ir_measures import nDCG
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reranking import train
+from reranking.groups import TrainingGroup, training_groups_write, validation_split
+from reranking.model import CrossEncoderScorer
+from reranking.server import Settings, load_scorer
 from reranking.synthetic import build_preset_cross_encoder, shipped_tokenizer_path
-from reranking.train import TrainingGroup, TrainingOptions
+from reranking.train import TrainingOptions
+from tests.reranking.factories import colour_groups
 
-COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
-THINGS = ["car", "house", "kite", "boat", "door", "scarf", "bicycle", "teapot", "lamp", "umbrella",
-          "chair", "balloon", "train", "fence", "jacket", "bucket", "pencil", "rug", "tent", "mug"]
-# Negatives say something else about the same thing in the same words, so only learning which
-# words are colours ranks the positive first (an untrained model ranks at random).
-OTHER_QUALITIES = ["heavy", "old", "broken", "expensive", "new", "small", "wet", "borrowed", "cheap", "clean"]
 # Fast enough for a test on two cores, strong enough that the tiny model learns the task.
 # One thread: a tiny model gains nothing from more, and loses much on a busy machine.
 QUICK = TrainingOptions(epochs=6, learning_rate=5e-3, group_size=4, batch_groups=2, max_length=32,
                         max_query_tokens=16, seed=13, device="cpu", threads=1)
-
-
-def colour_groups() -> list[TrainingGroup]:
-    """'what colour is the X': the positive names X's colour; negatives name other qualities of X."""
-    rng = random.Random(7)
-    return [TrainingGroup(query=f"what colour is the {thing}?", positives=[f"the {thing} is {rng.choice(COLOURS)}"],
-                          negatives=[f"the {thing} is {quality}" for quality in rng.sample(OTHER_QUALITIES, 8)])
-            for thing in THINGS]
 
 
 @pytest.fixture(scope="session")
@@ -181,26 +171,35 @@ def test_no_usable_group_is_a_clear_error(tiny_cross_encoder, tmp_path):
                                   base_model=str(tiny_cross_encoder), output=tmp_path / "model", options=QUICK)
 
 
-def test_the_query_is_cut_at_max_query_tokens_without_losing_its_text():
-    tokenizer = AutoTokenizer.from_pretrained(shipped_tokenizer_path())
-    query = "Which Proteins Bind the promoter of TP53 in human fibroblasts after irradiation?"
+def test_a_trained_folder_is_served_with_the_lengths_it_was_trained_with(trained):
+    _, output = trained["infonce"]
 
-    cut = train.query_truncate(tokenizer, query, 5)
+    served = CrossEncoderScorer(str(output), device="cpu")
+    worker = load_scorer(Settings(model=str(output), device="cpu"))
+    overridden = CrossEncoderScorer(str(output), device="cpu", max_length=64, query_max_length=8)
 
-    assert query.startswith(cut) and len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == 5
-    assert train.query_truncate(tokenizer, query, 64) == query
+    assert (QUICK.max_length, QUICK.max_query_tokens) == (32, 16)  # not the defaults, 512 and a quarter of it
+    assert (served.max_length, served.query_max_length) == (32, 16)
+    assert (worker.max_length, worker.query_max_length) == (32, 16)
+    assert (overridden.max_length, overridden.query_max_length) == (64, 8)
 
 
-def test_groups_round_trip_through_jsonl_and_a_bad_row_names_its_line(tmp_path):
-    path = tmp_path / "groups.jsonl"
-    groups = colour_groups()[:3]
-    train.training_groups_write(groups=[*groups, {"query_id": "x", "query": "q", "positives": ["p"], "negatives": ["n"]}], path=path)
+def test_training_feeds_the_model_the_token_ids_serving_does(trained):
+    _, output = trained["infonce"]
+    model, tokenizer = train.cross_encoder_load(str(output))
+    pairs = [("which of the many colours is the kite that flew over the hill on the windy day? " * 2, "the kite is green " * 9),
+             ("what colour is the kite?", "the kite is green")]
 
-    assert train.training_groups_read(path=path) == [*groups, TrainingGroup(query="q", positives=["p"], negatives=["n"])]
+    training_encoder = train.pair_encoder(model, tokenizer, QUICK)
+    trained_on = train.pair_features(training_encoder, training_encoder.tokenize(pairs), torch.device("cpu"))
+    scorer = CrossEncoderScorer(str(output), device="cpu")
+    served = scorer.collate(scorer.tokenize(pairs))
 
-    path.write_text(json.dumps({"query": "q", "positives": ["p"]}) + "\n" + json.dumps({"query": "q"}) + "\n")
-    with pytest.raises(train.TrainingError, match="line 2"):
-        train.training_groups_read(path=path)
+    assert trained_on["input_ids"].tolist() == served.input_ids.tolist()
+    assert trained_on["attention_mask"].tolist() == served.attention_mask.tolist()
+    assert trained_on["token_type_ids"].tolist() == served.token_type_ids.tolist()
+    long_pair = tokenizer.convert_ids_to_tokens(served.input_ids[0])
+    assert len(long_pair) == 32 and long_pair.index("[SEP]") == 1 + 16  # [CLS] + the query cut to its 16 tokens
 
 
 def test_invalid_options_are_refused_with_every_problem_named(tiny_cross_encoder, tmp_path):
@@ -210,42 +209,6 @@ def test_invalid_options_are_refused_with_every_problem_named(tiny_cross_encoder
         train.cross_encoder_train(groups=colour_groups(), base_model=str(tiny_cross_encoder), output=tmp_path, options=options)
 
     assert all(word in str(error.value).lower() for word in ("loss", "group size", "max query tokens"))
-
-
-def test_validation_split_keeps_every_group_of_a_query_on_one_side():
-    groups = colour_groups() + [TrainingGroup(query=group.query, positives=["again"], negatives=["other"]) for group in colour_groups()[:5]]
-
-    training, validation = train.validation_split(groups, fraction=0.25, seed=13)
-
-    assert {group.query for group in training}.isdisjoint({group.query for group in validation})
-    assert len({group.query for group in validation}) == 5 and len(training) + len(validation) == len(groups)
-    assert train.validation_split(groups, fraction=0.25, seed=13) == (training, validation)
-
-
-def test_pseudo_query_groups_always_train_and_never_validate():
-    labelled = colour_groups()
-    pseudo = [TrainingGroup(query=group.query, positives=["a title's own passage"], negatives=["another passage"], pseudo=True)
-              for group in labelled[:4]] + [TrainingGroup(query=f"title {n}", positives=["p"], negatives=["n"], pseudo=True)
-                                            for n in range(40)]
-
-    training, validation = train.validation_split([*labelled, *pseudo], fraction=0.25, seed=13)
-
-    assert validation and not any(group.pseudo for group in validation)
-    assert all(group in training for group in pseudo)  # even those whose text equals a validation query
-    assert len({group.query for group in validation}) == 5  # a quarter of the 20 labelled queries, not of all 64
-    assert validation == train.validation_split(labelled, fraction=0.25, seed=13)[1]
-
-
-def test_the_pseudo_flag_round_trips_and_plain_rows_stay_as_they_were(tmp_path):
-    path = tmp_path / "groups.jsonl"
-    groups = [TrainingGroup(query="q", positives=["p"], negatives=["n"]),
-              TrainingGroup(query="Title of a paper", positives=["its text"], negatives=["other text"], pseudo=True)]
-
-    train.training_groups_write(groups=groups, path=path)
-
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert "pseudo" not in rows[0] and rows[1]["pseudo"] is True
-    assert train.training_groups_read(path=path) == groups
 
 
 def test_the_best_epoch_is_kept_not_the_last():
@@ -267,7 +230,7 @@ def test_validation_scores_every_epoch_and_the_saved_model_is_the_best_one(tiny_
     result = train.cross_encoder_train(groups=colour_groups(), base_model=str(tiny_cross_encoder), output=tmp_path,
                                        options=options, progress=False)
 
-    _, validation = train.validation_split(colour_groups(), fraction=0.25, seed=options.seed)
+    _, validation = validation_split(colour_groups(), fraction=0.25, seed=options.seed)
     assert result.validation_groups == len(validation) == 5 and result.groups == 15
     assert len(result.validation_ndcg) == 3
     assert result.saved_epoch == 1 + max(range(3), key=lambda epoch: result.validation_ndcg[epoch])
@@ -285,9 +248,25 @@ def test_ndcg_at_10_counts_graded_gains_and_only_the_top_ten():
     assert train.ndcg_at_10([-float(rank) for rank in range(12)], [0.0] * 11 + [1.0]) == 0.0
 
 
+def test_ndcg_at_10_agrees_with_ir_measures_the_evaluation_uses():
+    rng = random.Random(5)
+    qrels, run, ours = {}, {}, {}
+    for query in map(str, range(40)):
+        grades = [rng.choice([0, 0, 0, 1, 2]) for _ in range(rng.randint(2, 25))]
+        grades[rng.randrange(len(grades))] = 2  # at least one relevant passage
+        scores = [float(score) for score in rng.sample(range(1000), len(grades))]  # no ties: their order differs
+        qrels[query] = {str(index): grade for index, grade in enumerate(grades)}
+        run[query] = {str(index): score for index, score in enumerate(scores)}
+        ours[query] = train.ndcg_at_10(scores, [grade / 2 for grade in grades])  # labels in [0, 1], as trained
+
+    theirs = {metric.query_id: metric.value for metric in ir_measures.iter_calc([nDCG @ 10], qrels, run)}
+
+    assert theirs == pytest.approx(ours, abs=1e-9)
+
+
 def test_command_line_trains_and_prints_the_losses(tiny_cross_encoder, tmp_path, capsys):
     groups_path = tmp_path / "groups.jsonl"
-    train.training_groups_write(groups=colour_groups(), path=groups_path)
+    training_groups_write(groups=colour_groups(), path=groups_path)
 
     status = train.main(["--groups", str(groups_path), "--base-model", str(tiny_cross_encoder), "--output",
                          str(tmp_path / "model"), "--loss", "bce", "--epochs", "1", "--group-size", "4",

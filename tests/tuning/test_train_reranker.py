@@ -1,6 +1,10 @@
 """Reranker training data mined from hybrid retrieval, query splits, and manage.py train_reranker."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -196,3 +200,11 @@ def test_command_adds_pseudo_query_groups_to_the_labelled_ones(papers_folder, ti
 def test_pseudo_queries_from_feedback_need_a_collection(tmp_path):
     with pytest.raises(CommandError, match="--collection"):
         call_command("train_reranker", "--from-feedback", "--output", str(tmp_path / "model"), "--pseudo-queries", "5")
+
+
+def test_mining_imports_the_group_types_without_the_training_code_or_torch():
+    code = ("import sys, django; django.setup(); import ragapp.tuning.training_data, ragapp.tuning.feedback; "
+            "loaded = {'reranking.train', 'torch'} & set(sys.modules); assert not loaded, loaded")
+
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2],
+                   env={**os.environ, "DJANGO_SETTINGS_MODULE": "ragapp.settings"})

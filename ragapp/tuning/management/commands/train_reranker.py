@@ -10,6 +10,7 @@ from ragapp.documents.models import SEARCH_LANGUAGES
 from ragapp.tuning import evaluation, training_data
 from ragapp.tuning.feedback import feedback_groups_mine
 from reranking import train
+from reranking.groups import training_groups_write
 
 
 class Command(BaseCommand):
@@ -139,7 +140,9 @@ class Command(BaseCommand):
     def _groups_write(self, mined: training_data.MiningResult, output: Path, pseudo: list[training_data.MinedGroup]) -> Path:
         path = output.resolve().parent / f"{output.resolve().name}-groups.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        train.training_groups_write(groups=(group.as_row() for group in [*mined.groups, *pseudo]), path=path)
+        every = [*mined.groups, *pseudo]
+        training_groups_write(groups=[mined_group.group for mined_group in every], path=path,
+                              query_ids=[mined_group.query_id for mined_group in every])
         negatives = sum(len(group.group.negatives) for group in mined.groups)
         self.stdout.write(
             f"Mined {len(mined.groups)} groups in {mined.seconds:.0f} s ({path}): {mined.positives_retrieved} relevant "
