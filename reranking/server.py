@@ -92,7 +92,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "max_length": (int, "Tokens per (query, document) pair, special tokens included; longer documents are cut "
                         f"(default: what training recorded in the model's folder, else {DEFAULT_MAX_LENGTH})."),
     "query_max_length": (int, "Tokens a query may keep (default: what training recorded, else a quarter of --max-length)."),
-    "token_budget": (int, "Padded tokens per forward pass (default: 16384 on GPU, 4096 on CPU)."),
+    "token_budget": (int, "Padded tokens per forward pass (default: 16384 on GPU, 2048 on CPU)."),
     "max_queue_pairs": (int, "Pairs accepted but not yet answered; beyond it requests get 429 with Retry-After."),
     "max_wait_ms": (float, "Milliseconds an idle model waits for concurrent requests to fill a batch."),
     "backend": (str, "torch (exact) or int8 (CPU only: int8 encoder layers with per-token input ranges; ~1.3x faster than torch, not exact)."),

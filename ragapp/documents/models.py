@@ -8,7 +8,8 @@ from django.db.models.functions import Coalesce
 from pgvector.django import HnswIndex, VectorField
 
 # One embedding model per installation: an HNSW index needs one fixed dimension.
-# all-MiniLM-L6-v2 (the default model) gives 384; `manage.py reembed` changes it.
+# all-MiniLM-L6-v2 (the default model) gives 384. `manage.py reembed` swaps in another model of
+# the same dimension; another dimension needs a migration of this column and its index.
 EMBEDDING_DIMENSIONS = 384
 
 # PostgreSQL text-search configurations a collection may use. Chinese has no configuration:

@@ -1,6 +1,6 @@
 """The whole pipeline against a REAL vLLM server (CPU build, SmolLM2-135M-Instruct), as deployed.
 
-The server starts once per test session (tests/answers/conftest.py); the first run installs it
+The server starts once per test session (the `local_vllm` fixture in tests/conftest.py); the first run installs it
 into the cache (minutes). SmolLM2-135M is tiny: these tests check the plumbing (prompt accepted,
 tokens streamed, answer stored, OpenAI-compatible endpoint), not the answer's wisdom.
 """
