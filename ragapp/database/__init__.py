@@ -12,16 +12,21 @@ import warnings
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 # Threads of one process that connect at once must not both start the server: the package's own
 # lock is a file lock, which every thread of a process holds at once.
 _server_lock = threading.Lock()
 
+# The URL schemes of PostgreSQL that dj-database-url knows (pgvector and the full-text SQL need PostgreSQL).
+POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql", "postgis")
+URL_FORM = "postgres://USER:PASSWORD@HOST:5432/NAME"
+
 
 def database_settings(*, database_url: str, data_dir: Path) -> dict:
     """Return Django's `DATABASES["default"]` for an external URL or the embedded server."""
     if database_url:
-        return dj_database_url.parse(database_url, conn_max_age=60, conn_health_checks=True)
+        return external_database_settings(database_url=database_url)
     return {
         "ENGINE": "ragapp.database",  # PostgreSQL, on the embedded server it starts or joins (base.py)
         "NAME": "postgres",
@@ -32,6 +37,24 @@ def database_settings(*, database_url: str, data_dir: Path) -> dict:
         "CONN_HEALTH_CHECKS": True,
         "DATA_DIR": data_dir,  # the server's files go under DATA_DIR/postgres
     }
+
+
+def external_database_settings(*, database_url: str) -> dict:
+    """Parse DATABASE_URL, refusing with the expected form a URL that is not PostgreSQL's or cannot be read."""
+    # The URL holds the password: the messages name its scheme only.
+    scheme = database_url.split("://", 1)[0] if "://" in database_url else ""
+    if scheme not in POSTGRES_SCHEMES:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be a PostgreSQL URL, {URL_FORM} (with the pgvector extension available); "
+            f"got {f'a {scheme}:// URL' if scheme else 'no scheme'}."
+        )
+    try:
+        return dj_database_url.parse(database_url, conn_max_age=60, conn_health_checks=True)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL could not be read: write it as {URL_FORM}, with the port as a number and any of "
+            "@ : / ? # in the user name or password percent-encoded (@ as %40)."
+        ) from None
 
 
 def embedded_socket_dir(*, data_dir: Path) -> str:
