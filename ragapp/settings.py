@@ -125,7 +125,12 @@ DEBUG = env_bool("DEBUG", False)
 
 
 def secret_key() -> str:
-    """Return SECRET_KEY; the embedded default keeps a generated one under DATA_DIR."""
+    """Return SECRET_KEY; the embedded default keeps a generated one under DATA_DIR.
+
+    So reading the settings writes DATA_DIR/secret_key (creating DATA_DIR) the first time SECRET_KEY is
+    unset: the one file they write. Django wants the key as a string when the settings load, and every
+    process of an installation must sign with the same one.
+    """
     configured = env_str("SECRET_KEY")
     if configured:
         return configured
