@@ -71,7 +71,7 @@ class generator_running:
             return self
         from ragapp.answers.local_generator import server_start
 
-        self.server = server_start(port=int(os.environ.get("BENCH_GENERATOR_PORT", "8011")))
+        self.server = server_start(home=self.settings.VLLM_HOME, port=int(os.environ.get("BENCH_GENERATOR_PORT", "8011")))
         self.server.wait_ready(timeout=600)
         self.settings.GENERATOR_URL, self.settings.GENERATOR_MODEL = self.server.url, self.server.model
         self.settings.GENERATOR_TOKENIZER = str(self.server.model_dir)

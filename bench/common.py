@@ -17,7 +17,7 @@ LOAD_AT_START = os.getloadavg()[0]
 
 
 def django_setup() -> None:
-    """Make the repository importable and start Django (and with it the embedded PostgreSQL)."""
+    """Make the repository importable and start Django (the embedded PostgreSQL starts at the first query)."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ragapp.settings")

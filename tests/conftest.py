@@ -85,8 +85,10 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def local_vllm() -> Iterator[LocalServer]:
     """Yield a ready LocalServer; a failed install, conversion or start is an error, never a skip."""
+    from django.conf import settings
+
     try:
-        server = server_start(port=free_port())
+        server = server_start(home=settings.VLLM_HOME, port=free_port())
     except LocalGeneratorError as error:
         raise pytest.fail.Exception(str(error), pytrace=False) from None
     with server:  # stops it at the end of the session

@@ -28,7 +28,7 @@ IMAGE_VARIABLES = {
     "vllm": {"HF_TOKEN", "VLLM_API_KEY"},
 }
 
-SETTINGS_READER = re.compile(r"\benv_(?:str|int|bool|list)\(\s*[\"'](?P<name>[A-Z0-9_]+)[\"']")
+SETTINGS_READER = re.compile(r"\benv_[a-z]+\(\s*[\"'](?P<name>[A-Z0-9_]+)[\"']")
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}; `$$` escapes a `$`.
 COMPOSE_VARIABLE = re.compile(
     r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<operator>:?[-?])(?P<argument>[^}]*))?\}"

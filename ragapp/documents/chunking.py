@@ -88,7 +88,7 @@ def document_chunk(
     parsed: ParsedDocument, *, tokenizer, chunk_tokens: int, overlap_tokens: int
 ) -> list[ChunkDraft]:
     """Split a parsed document into chunks of at most chunk_tokens tokens of the embedding model's tokenizer, overlapping by about overlap_tokens."""
-    _validate_budget(chunk_tokens, overlap_tokens)
+    chunk_budget_check(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
     text = parsed.text
     section_starts = _section_starts(parsed.sections)
     tokens = _tokenize(parsed.sections, section_starts, tokenizer)
@@ -106,7 +106,7 @@ def document_chunk(
     return _drafts(parsed.sections, section_starts, text, tokens, spans, counter)
 
 
-def _validate_budget(chunk_tokens: int, overlap_tokens: int) -> None:
+def chunk_budget_check(*, chunk_tokens: int, overlap_tokens: int) -> None:
     """Raise ValueError unless the chunk size and overlap make sense together."""
     if chunk_tokens < MIN_CHUNK_TOKENS:
         raise ValueError(f"chunk_tokens must be at least {MIN_CHUNK_TOKENS}, got {chunk_tokens}.")

@@ -81,8 +81,15 @@ def embed_query(text: str) -> np.ndarray:
     return embed_texts([text])[0]
 
 
-def embedding_warm_up() -> None:
-    """Load the model and embed once, so the first real question pays for neither."""
+def embedding_warm_up(*, threads: int = 0) -> None:
+    """Load the model and embed once, so the first real question pays for neither.
+
+    `threads`: the CPU threads to embed with when EMBEDDING_THREADS is unset (0: torch's default, the cores).
+    """
+    if threads and not settings.EMBEDDING_THREADS:
+        import torch
+
+        torch.set_num_threads(threads)
     embed_query("warm up")
 
 

@@ -20,7 +20,7 @@ from ragapp.answers.local_generator import (
     LocalGeneratorError,
     LocalServer,
     cpu_dtype,
-    default_home,
+    home_folder,
     environment_ensure,
     model_ensure,
     server_command,
@@ -47,15 +47,23 @@ def calls(python: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_default_home_prefers_vllm_home_then_xdg_cache_home(monkeypatch, tmp_path):
-    monkeypatch.setenv("VLLM_HOME", str(tmp_path / "explicit"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert default_home() == tmp_path / "explicit"
-    monkeypatch.delenv("VLLM_HOME")
-    assert default_home() == tmp_path / "cache" / "ragapp" / "vllm"
-    monkeypatch.delenv("XDG_CACHE_HOME")
+def test_home_is_vllm_home_then_xdg_cache_home_then_the_users_cache(monkeypatch, tmp_path):
+    assert home_folder(vllm_home=str(tmp_path / "explicit"), cache_home=str(tmp_path / "cache")) == tmp_path / "explicit"
+    assert home_folder(cache_home=str(tmp_path / "cache")) == tmp_path / "cache" / "ragapp" / "vllm"
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    assert default_home() == tmp_path / "user" / ".cache" / "ragapp" / "vllm"
+    assert home_folder() == tmp_path / "user" / ".cache" / "ragapp" / "vllm"
+
+
+def test_the_command_line_prepares_the_folder_the_settings_name(monkeypatch, tmp_path):
+    prepared = []
+    monkeypatch.setattr(local_generator, "local_model_prepare", lambda *, home, log: prepared.append(home))
+    monkeypatch.setenv("VLLM_HOME", str(tmp_path / "explicit"))
+    local_generator.main(["prepare"])
+    monkeypatch.delenv("VLLM_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    local_generator.main(["prepare"])
+    local_generator.main(["--home", str(tmp_path / "given"), "prepare"])
+    assert prepared == [tmp_path / "explicit", tmp_path / "cache" / "ragapp" / "vllm", tmp_path / "given"]
 
 
 def test_server_command_runs_the_openai_api_server_module_with_the_cpu_flags(tmp_path):

@@ -28,14 +28,15 @@ def supervisor(tmp_path):
 
 
 def test_without_generator_url_the_local_vllm_is_prepared_then_supervised(settings, monkeypatch, supervisor):
-    settings.GENERATOR_URL = ""
+    settings.GENERATOR_URL, settings.LOCAL_GENERATOR_MAX_TOKENS = "", 123
     monkeypatch.setattr(local_generator, "local_model_prepare", lambda **options: (sys.executable, "model"))
     monkeypatch.setattr(local_generator, "server_start", lambda **options: FakeServer())
     environment = {}
     prepare_and_start = Command(stdout=io.StringIO())._local_generator(8001, environment)
     assert environment["GENERATOR_URL"] == "http://127.0.0.1:8001/v1"
     assert environment["GENERATOR_MODEL"] == local_generator.LOCAL_MODEL_NAME
-    assert environment["GENERATOR_TOKENIZER"].endswith(local_generator.MODEL_FOLDER)
+    assert environment["GENERATOR_TOKENIZER"] == str(settings.VLLM_HOME / local_generator.MODEL_FOLDER)
+    assert environment["GENERATOR_MAX_TOKENS"] == "123"
     prepare_and_start(supervisor)
     [child] = supervisor.children
     assert child.name == "generator" and child.process.poll() is None

@@ -87,15 +87,14 @@ class Command(BaseCommand):
             return None
         from ragapp.answers import local_generator
 
-        home = local_generator.default_home()
+        home = settings.VLLM_HOME
         url = f"http://127.0.0.1:{port}/v1"
         environment.update(
             GENERATOR_URL=url, GENERATOR_MODEL=local_generator.LOCAL_MODEL_NAME,
             GENERATOR_TOKENIZER=str(home / local_generator.MODEL_FOLDER),
             GENERATOR_CONTEXT_TOKENS=str(local_generator.CONTEXT_TOKENS),
+            GENERATOR_MAX_TOKENS=str(settings.LOCAL_GENERATOR_MAX_TOKENS),
         )
-        # A 135M model on a CPU writes ~10 tokens/s and tends to ramble: keep its answers short.
-        environment.setdefault("GENERATOR_MAX_TOKENS", "200")
 
         def prepare_and_start(supervisor: Supervisor) -> None:
             supervisor.announce(GENERATOR, supervision.PREPARING, "installing vLLM and converting the model (once)")
