@@ -69,7 +69,7 @@ class generator_running:
     def __enter__(self):
         if self.settings.GENERATOR_URL:
             return self
-        from ragapp.answers.local_generator import server_start
+        from ragapp.core.local_generator import server_start
 
         self.server = server_start(home=self.settings.VLLM_HOME, port=int(os.environ.get("BENCH_GENERATOR_PORT", "8011")))
         self.server.wait_ready(timeout=600)

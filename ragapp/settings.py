@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ragapp.answers.local_generator import home_folder
+from ragapp.core.local_generator import home_folder
 from ragapp.database import database_settings
 from ragapp.documents.chunking import chunk_budget_check
 
@@ -339,7 +339,7 @@ if GENERATOR_MAX_TOKENS >= GENERATOR_CONTEXT_TOKENS:
 LOCAL_GENERATOR_MAX_TOKENS = env_int("GENERATOR_MAX_TOKENS", 200, minimum=1)
 GENERATOR_TOKENIZER = env_str("GENERATOR_TOKENIZER")
 GENERATOR_TEMPERATURE = env_float("GENERATOR_TEMPERATURE", 0.2, minimum=0, maximum=2)  # the OpenAI API's range
-# Where `serve` keeps the local vLLM's own environment and converted model (ragapp.answers.local_generator).
+# Where `serve` keeps the local vLLM's own environment and converted model (ragapp.core.local_generator).
 VLLM_HOME = home_folder(vllm_home=env_str("VLLM_HOME"), cache_home=env_str("XDG_CACHE_HOME"))
 
 REST_FRAMEWORK = {

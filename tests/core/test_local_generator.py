@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from ragapp.answers import local_generator
-from ragapp.answers.local_generator import (
+from ragapp.core import local_generator
+from ragapp.core.local_generator import (
     LOCAL_MODEL_NAME,
     LocalGeneratorError,
     LocalServer,
