@@ -1,9 +1,24 @@
-"""A stored answer as every reader gets it: the done event, the REST answer, the chat's history, the schema."""
+"""Answers as every reader gets them (the stream's events, the REST answer and search, the chat's history) and as the schema describes them."""
 
 from rest_framework import serializers
 
 from ragapp.answers.models import Citation, Message
 from ragapp.answers.prompt import citations_check
+
+
+class PassageSerializer(serializers.Serializer):
+    """A passage ranked for the question, best first (search results; an answer's passages as they stream)."""
+
+    # Renders {"passage": prompt.Passage, "ranked": rerank_client.RankedCandidate}.
+
+    number = serializers.IntegerField(source="passage.number")
+    chunk = serializers.IntegerField(source="ranked.candidate.chunk.pk")
+    document = serializers.IntegerField(source="ranked.candidate.chunk.document.pk")
+    title = serializers.CharField(source="passage.title")
+    page = serializers.IntegerField(source="passage.page", allow_null=True)
+    text = serializers.CharField(source="passage.text")
+    score = serializers.FloatField(source="ranked.score")
+    rerank_score = serializers.FloatField(source="ranked.rerank_score", allow_null=True)
 
 
 class CitationSerializer(serializers.ModelSerializer):

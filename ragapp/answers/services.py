@@ -24,7 +24,7 @@ from ragapp.answers.prompt import Passage, answer_prompt, citations_check, rewri
 from ragapp.answers.capacity import answer_slot, retrieval_slot
 from ragapp.answers.errors import AnswerError
 from ragapp.answers.selectors import ask_target
-from ragapp.answers.serializers import AnswerSerializer
+from ragapp.answers.serializers import AnswerSerializer, PassageSerializer
 from ragapp.documents.models import Collection
 from ragapp.retrieval.rerank_client import RankedCandidate, candidates_rerank
 from ragapp.retrieval.selectors import chunk_search
@@ -99,7 +99,7 @@ def _answer_events(user, question: str, collection: Collection, conversation: Co
     ranked, reranked = _passages_ranked(standalone, collection, user, run)
     passages = [_passage(number, item) for number, item in enumerate(ranked, 1)]
     yield {"event": "passages", "standalone_question": standalone, "reranked": reranked,
-           "notice": " ".join(run.notices), "passages": [_passage_json(p, item) for p, item in zip(passages, ranked)]}
+           "notice": " ".join(run.notices), "passages": _passages_json(passages, ranked)}
 
     answer_parts: list[str] = []
     prompt = None
@@ -142,7 +142,7 @@ def passages_search(*, user, query: str, collection: Collection, top_n: int | No
         raise AnswerError("The query is empty: type what to search for.")
     run = _Run()
     ranked, reranked = _passages_ranked(query, collection, user, run, top_n=top_n)
-    results = [_passage_json(_passage(number, item), item) for number, item in enumerate(ranked, 1)]
+    results = _passages_json([_passage(number, item) for number, item in enumerate(ranked, 1)], ranked)
     run.timings["total"] = round(time.perf_counter() - run.started, 4)
     return {"reranked": reranked, "notice": " ".join(run.notices), "results": results, "timings": run.timings}
 
@@ -209,10 +209,9 @@ def _passage(number: int, item: RankedCandidate) -> Passage:
                    page=chunk.page, text=chunk.text)
 
 
-def _passage_json(passage: Passage, item: RankedCandidate) -> dict:
-    chunk = item.candidate.chunk
-    return {"number": passage.number, "chunk": chunk.pk, "document": chunk.document.pk, "title": passage.title,
-            "page": passage.page, "text": passage.text, "score": item.score, "rerank_score": item.rerank_score}
+def _passages_json(passages: list[Passage], ranked: list[RankedCandidate]) -> list[dict]:
+    pairs = [{"passage": passage, "ranked": item} for passage, item in zip(passages, ranked)]
+    return PassageSerializer(pairs, many=True).data
 
 
 @transaction.atomic

@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from ragapp.answers.models import Conversation, Feedback, Message
-from ragapp.answers.serializers import CitationSerializer
+from ragapp.answers.serializers import CitationSerializer, PassageSerializer
 from ragapp.documents.models import Collection, Document
 
 
@@ -12,19 +12,6 @@ class AskRequest(serializers.Serializer):
     collection = serializers.CharField(required=False, help_text="Collection id, slug or name. Not needed to continue a conversation.")
     conversation = serializers.IntegerField(required=False, help_text="Continue this conversation (a follow-up).")
     stream = serializers.BooleanField(default=False, help_text="Answer as server-sent events (start, passages, token..., done).")
-
-
-class PassageSerializer(serializers.Serializer):
-    """A ranked passage of a search (the passages event of an answer too)."""
-
-    number = serializers.IntegerField()
-    chunk = serializers.IntegerField()
-    document = serializers.IntegerField()
-    title = serializers.CharField()
-    page = serializers.IntegerField(allow_null=True)
-    text = serializers.CharField()
-    score = serializers.FloatField()
-    rerank_score = serializers.FloatField(allow_null=True)
 
 
 class SearchRequest(serializers.Serializer):
