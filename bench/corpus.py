@@ -22,6 +22,7 @@ package the chunks it gave and would give if read whole) goes to bench/results/c
 """
 
 import argparse
+import contextlib
 import fnmatch
 import gzip
 import hashlib
@@ -112,6 +113,70 @@ DOC_PACKAGES = (
     # Postfix's and Exim's manuals: mail server configuration.
     DocPackage("postfix-doc", ("usr/share/doc/postfix/html/*",)),
     DocPackage("exim4-doc-html", ("usr/share/doc/exim4-doc-html/*",)),
+    # SageMath's tutorials, thematic guides and reference, English (the largest prose-and-API set here).
+    DocPackage("sagemath-doc", ("usr/share/doc/sagemath/html/en/*",)),
+    # The Scala standard library's and compiler's reference (scaladoc).
+    DocPackage("scala-doc", ("usr/share/doc/scala-2.11/api/*",)),
+    # Qt 5's class reference and overviews: long descriptive prose per class.
+    DocPackage("qtbase5-doc-html", ("usr/share/qt5/doc/*",)),
+    # OpenCV's tutorials and reference (doxygen).
+    DocPackage("opencv-doc", ("usr/share/doc/opencv-doc/opencv4/html/*",)),
+    # The C++ standard library's reference (doxygen) and the libstdc++ manual.
+    DocPackage("libstdc++-12-doc", ("usr/share/doc/gcc-12-base/libstdc++/*",)),
+    # Python scientific libraries' guides, worked examples and references.
+    DocPackage("python-statsmodels-doc", ("usr/share/doc/python-statsmodels-doc/html/*",)),
+    DocPackage("python-astropy-doc", ("usr/share/doc/python-astropy-doc/html/*",)),
+    DocPackage("python-sklearn-doc", ("usr/share/doc/python-sklearn-doc/html/*",)),
+    DocPackage("python-sympy-doc", ("usr/share/doc/python-sympy-doc/html/*",)),
+    DocPackage("python-dask-doc", ("usr/share/doc/python-dask-doc/html/*",)),
+    DocPackage("python-skimage-doc", ("usr/share/doc/python-skimage-doc/html/*",)),
+    DocPackage("python-xarray-doc", ("usr/share/doc/python-xarray-doc/html/*",)),
+    # Biopython's tutorial and cookbook (HTML; the .txt and .tex files repeat it).
+    DocPackage("python-biopython-doc", ("usr/share/doc/python-biopython-doc/Doc/*.html",)),
+    # Celery's and the OpenStack client's guides and references.
+    DocPackage("python-celery-doc", ("usr/share/doc/python-celery-doc/html/*",)),
+    DocPackage("python-openstackclient-doc", ("usr/share/doc/python-openstackclient-doc/html/*",)),
+    # FFmpeg's manuals and its libraries' reference.
+    DocPackage("ffmpeg-doc", ("usr/share/doc/ffmpeg/*",)),
+    # ImageMagick's web pages: command-line options and usage, with examples.
+    DocPackage("imagemagick-6-doc", ("usr/share/doc/imagemagick-6-common/html/*",)),
+    # End-user manuals: the GIMP, GnuCash (English), KiCad (English), Wireshark.
+    DocPackage("gimp-help-en", ("usr/share/gimp/2.0/help/en/*",)),
+    DocPackage("gnucash-docs", ("usr/share/doc/gnucash-docs/gnucash-*-en/*",)),
+    DocPackage("kicad-doc-en", ("usr/share/doc/kicad/help/en/*",)),
+    DocPackage("wireshark-doc", ("usr/share/doc/wireshark/*",)),
+    # Vim's help files as HTML, zsh's and Maxima's manuals.
+    DocPackage("vim-doc", ("usr/share/doc/vim/html/*",)),
+    DocPackage("zsh-doc", ("usr/share/doc/zsh-common/html/*",)),
+    DocPackage("maxima-doc", ("usr/share/doc/maxima-doc/html/*",)),
+    # Debian's installation guide, English; BIND's, rsyslog's and GnuTLS's manuals.
+    DocPackage("installation-guide-amd64", ("usr/share/doc/installation-guide-amd64/en/*",)),
+    DocPackage("bind9-doc", ("usr/share/doc/bind9-doc/arm/*",)),
+    DocPackage("rsyslog-doc", ("usr/share/doc/rsyslog-doc/html/*",)),
+    DocPackage("gnutls-doc", ("usr/share/doc/gnutls-doc/*",)),
+    # Boost's library documentation: long design and usage prose.
+    DocPackage("libboost1.74-doc", ("usr/share/doc/libboost1.74-doc/doc/*",)),
+    # Qt Quick/QML and Qt Multimedia: the rest of Qt 5's reference beside qtbase.
+    DocPackage("qtdeclarative5-doc-html", ("usr/share/qt5/doc/*",)),
+    DocPackage("qtmultimedia5-doc-html", ("usr/share/qt5/doc/*",)),
+    # Groovy's reference (javadoc; gapi/ repeats the same classes as groovydoc).
+    DocPackage("groovy-doc", ("usr/share/doc/groovy/api/*",)),
+    # GTK's and GLib's references (gtk-doc).
+    DocPackage("libgtk-3-doc", ("usr/share/gtk-doc/html/*",)),
+    DocPackage("libglib2.0-doc", ("usr/share/gtk-doc/html/*",)),
+    # Server manuals: HAProxy, PostGIS, Varnish (HTML; their .txt files repeat it).
+    DocPackage("haproxy-doc", ("usr/share/doc/haproxy/html/*",)),
+    DocPackage("postgis-doc", ("usr/share/doc/postgis-doc/*.html",)),
+    DocPackage("varnish-doc", ("usr/share/doc/varnish/html/*",)),
+    # Docutils' documentation as HTML; Python libraries' guides and references; SWI-Prolog's manual.
+    DocPackage("docutils-doc", ("usr/share/doc/docutils-doc/*.html",)),
+    DocPackage("python-lxml-doc", ("usr/share/doc/python-lxml/html/*",)),
+    DocPackage("python-tornado-doc", ("usr/share/doc/python-tornado-doc/html/*",)),
+    DocPackage("python-werkzeug-doc", ("usr/share/doc/python-werkzeug-doc/html/*",)),
+    DocPackage("python-flask-doc", ("usr/share/doc/python-flask-doc/html/*",)),
+    DocPackage("python-hypothesis-doc", ("usr/share/doc/python-hypothesis-doc/html/*",)),
+    DocPackage("python-gevent-doc", ("usr/share/doc/python-gevent-doc/html/*",)),
+    DocPackage("swi-prolog-doc", ("usr/share/swi-prolog/doc/*",)),
 )
 DOCUMENT_SUFFIXES = (".html", ".htm", ".txt", ".md")
 # Generated pages that repeat other pages or hold no prose: sources behind Sphinx pages, highlighted code,
@@ -314,7 +379,7 @@ class PackageTally:
             "chunks": self.chunks, "chunks_duplicate": self.chunks_duplicate,
             "tokens_per_chunk": round(self.tokens / self.chunks, 1) if self.chunks else None,
             "chunks_per_megabyte": round(self.chunks / (self.bytes_read / 1e6), 1) if self.bytes_read else None,
-            # What the whole package would give at the rate measured on the part read.
+            # What the whole package would give at the rate measured on the part read (None: nothing read yet).
             "chunks_if_read_whole": round(self.chunks / read_share) if read_share else None,
         }
 
@@ -350,9 +415,9 @@ class ChunkWriter:
         self.written = 0
         self.documents = 0
 
-    def write(self, document: str, source: str, chunks: list[tuple[str, int]], limit: int) -> tuple[int, int]:
-        """Write the document's new chunks, up to `limit` chunks in all; return (written, duplicates)."""
-        written = duplicates = 0
+    def write(self, document: str, source: str, chunks: list[tuple[str, int]], limit: int) -> tuple[list, int]:
+        """Write the document's new chunks, up to `limit` chunks in all; return (those written, duplicates)."""
+        written, duplicates = [], 0
         for text, tokens in chunks:
             if self.written >= limit:
                 break
@@ -364,8 +429,8 @@ class ChunkWriter:
             line = {"chunk": self.written, "document": document, "source": source, "tokens": tokens, "text": text}
             self._text.write(json.dumps(line, ensure_ascii=False) + "\n")
             self.written += 1
-            written += 1
-        self.documents += written > 0
+            written.append((text, tokens))
+        self.documents += bool(written)
         return written, duplicates
 
     def close(self) -> None:
@@ -397,14 +462,16 @@ def corpus_build(options, path: Path) -> dict:
     start = time.perf_counter()
     with tqdm(total=options.chunks, desc="Chunks", unit="chunk", mininterval=2) as bar:
         documents = real_documents(listings, options.cache, tallies, rng)
-        for (package, relative, size), (chunks, failure) in chunked_in_order(documents, options.workers):
-            tally_document(tallies[package], size, failure)
-            if not failure:
-                written, duplicates = writer.write(f"{package}:{relative}", "debian", chunks, options.chunks)
-                tally_chunks(tallies[package], words, chunks[:written + duplicates], written, duplicates)
-                bar.update(written)
-            if writer.written >= options.chunks:
-                break
+        # closing: stopping at the target ends the worker processes now, not when the generator is collected.
+        with contextlib.closing(chunked_in_order(documents, options.workers)) as results:
+            for (package, relative, size), (chunks, failure) in results:
+                tally_document(tallies[package], size, failure)
+                if not failure:
+                    written, duplicates = writer.write(f"{package}:{relative}", "debian", chunks, options.chunks)
+                    tally_chunks(tallies[package], words, written, duplicates)
+                    bar.update(len(written))
+                if writer.written >= options.chunks:
+                    break
         real_seconds, real_chunks = time.perf_counter() - start, writer.written
         top_up = top_up_write(writer, words, options.chunks, rng, bar) if writer.written < options.chunks else None
     writer.close()
@@ -423,12 +490,11 @@ def tally_document(tally: "PackageTally", size: int, failure: str) -> None:
         tally.failures[failure] += 1
 
 
-def tally_chunks(tally: "PackageTally", words: "WordTally", kept: list[tuple[str, int]], written: int,
-                 duplicates: int) -> None:
-    """Count the document's chunks; the word model sees those written (and the few duplicates among them)."""
-    tally.chunks += written
+def tally_chunks(tally: "PackageTally", words: "WordTally", written: list[tuple[str, int]], duplicates: int) -> None:
+    """Count the document's chunks written and dropped; the word model learns from those written."""
+    tally.chunks += len(written)
     tally.chunks_duplicate += duplicates
-    for text, tokens in kept:
+    for text, tokens in written:
         tally.tokens += tokens
         words.add(text)
 
@@ -553,7 +619,7 @@ def top_up_write(writer: ChunkWriter, tally: WordTally, target: int, rng: np.ran
     start, first, document = time.perf_counter(), writer.written, 0
     while writer.written < target:
         chunks = [(draft.text, draft.token_count) for draft in chunk_drafts(model_document(model, words_per_document, rng))]
-        bar.update(writer.write(f"zipf:{document}", "zipf", chunks, target)[0])
+        bar.update(len(writer.write(f"zipf:{document}", "zipf", chunks, target)[0]))
         document += 1
     return {"chunks": writer.written - first, "share": round((writer.written - first) / target, 4),
             "documents": document, "words_per_document": words_per_document,
@@ -593,8 +659,17 @@ def lexeme_profile(texts: Iterable[str], *, total: int | None, description: str,
             bar.update(len(batch))
         cursor.execute("DROP TABLE bench_corpus_batch")
     growth[chunks] = len(document_frequency)
-    return {"chunks": chunks, "lexeme_occurrences": occurrences,
-            **df_summary(document_frequency, chunks), "distinct_lexemes_by_chunks": growth}
+    return {"chunks": chunks, "lexeme_occurrences": occurrences, **df_summary(document_frequency, chunks),
+            "distinct_lexemes_by_chunks": growth, "vocabulary_growth_exponent": growth_exponent(growth)}
+
+
+def growth_exponent(growth: dict[int, int]) -> float | None:
+    """Heaps' exponent of the vocabulary against chunks, fitted over the last three doublings of the corpus."""
+    points = [(chunks, lexemes) for chunks, lexemes in sorted(growth.items()) if 8 * chunks >= max(growth)]
+    if len(points) < 2:
+        return None
+    logs = np.log(np.array(points, dtype=np.float64))
+    return round(float(np.polyfit(logs[:, 0], logs[:, 1], 1)[0]), 3)
 
 
 def _batches(texts: Iterable[str], boundaries: list[int]) -> Iterator[list[str]]:
@@ -671,7 +746,12 @@ def scifact_profile(folder: Path) -> dict:
 
 def extrapolation(build: dict, target: int = 1_000_000) -> dict:
     """What the measured rates say about a `target`-chunk corpus from these packages."""
-    whole = sum(package["chunks_if_read_whole"] or 0 for package in build["packages"].values())
+    packages = build["packages"].values()
+    read = [package for package in packages if package["chunks_if_read_whole"] is not None]
+    # A package not read at all (a small one, in a small build) counts at the rate of those read.
+    rate = sum(package["chunks"] for package in read) / max(1e-9, sum(package["megabytes_read"] for package in read))
+    whole = round(sum(package["chunks_if_read_whole"] if package["chunks_if_read_whole"] is not None
+                      else rate * package["megabytes_available"] for package in packages))
     per_10k = build["real_seconds_per_10k_chunks"]
     return {"target_chunks": target, "chunks_if_every_package_read_whole": whole,
             "top_up_share_at_target": round(max(0.0, 1 - whole / target), 3),
@@ -687,12 +767,14 @@ def file_sha256(path: Path) -> str:
 
 
 def summary_print(build: dict, profiles: dict) -> None:
-    print(f"\n{'package':<24}{'chunks':>8}{'chunks/MB':>11}{'tokens/chunk':>14}{'failed docs':>13}{'if read whole':>15}")
+    print(f"\n{'package':<28}{'chunks':>8}{'repeats':>9}{'chunks/MB':>11}{'tokens/chunk':>14}{'failed docs':>13}"
+          f"{'if read whole':>15}")
     for name, package in build["packages"].items():
-        print(f"{name:<24}{package['chunks']:>8}{package['chunks_per_megabyte'] or 0:>11.1f}"
+        print(f"{name:<28}{package['chunks']:>8}{package['chunks_duplicate']:>9}{package['chunks_per_megabyte'] or 0:>11.1f}"
               f"{package['tokens_per_chunk'] or 0:>14.1f}{package['documents_failed']:>13}"
               f"{package['chunks_if_read_whole'] or 0:>15}")
-    top_up = build["top_up"]
+    top_up, ahead = build["top_up"], extrapolation(build)
+    print(f"read whole, these packages would give about {ahead['chunks_if_every_package_read_whole']} chunks")
     print(f"real chunks {build['real_chunks']} in {build['real_seconds']} s "
           f"({build['real_seconds_per_10k_chunks']} s per 10k); top-up: {top_up['chunks'] if top_up else 0} chunks")
     if not profiles:
