@@ -185,7 +185,7 @@ EXCLUDED_EVERYWHERE = (
     "*/_sources/*", "*/_modules/*", "*/_static/*", "*/_images/*", "*/src/*", "*/index-files/*", "*/genindex*",
     "*/search.html", "*/py-modindex.html", "*/copyright", "*changelog*",
 )
-MAX_DOCUMENT_BYTES = 8 * 2**20  # what the parser reads in one go; the packages' few larger files are data dumps
+MAX_DOCUMENT_BYTES = 8 * 2**20  # the few larger files here are generated: source listings, a general index
 
 
 def options_parse(argv=None) -> argparse.Namespace:
