@@ -57,13 +57,14 @@ def abstract_text(record: dict) -> str:
     return f"{record['title']}\n\n{record['text']}"
 
 
-def chunk_drafts(text: str, *, filename: str = "document.txt") -> list:
-    """Parse and chunk text exactly as ingestion does (same parser, tokenizer and budget)."""
+def chunk_drafts(content: str | bytes, *, filename: str = "document.txt") -> list:
+    """Parse and chunk a text or a file's bytes exactly as ingestion does (same parser, tokenizer and budget)."""
     from django.conf import settings
 
     from ragapp.documents import chunking, embedding, parsing
 
-    parsed = parsing.document_parse(text.encode("utf-8"), filename=filename)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    parsed = parsing.document_parse(data, filename=filename)
     return chunking.document_chunk(
         parsed, tokenizer=embedding.embedding_tokenizer(),
         chunk_tokens=min(settings.CHUNK_TOKENS, embedding.max_chunk_tokens()),
