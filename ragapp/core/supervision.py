@@ -67,6 +67,7 @@ class Supervisor:
     log: Callable[[str], None] = print
     children: list[Child] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _signalled: bool = False  # SIGINT or SIGTERM arrived (see _on_signal)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _placeholders: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -90,15 +91,22 @@ class Supervisor:
         """Supervise until stop() (or SIGINT/SIGTERM, when run in the main thread), then stop every child."""
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, lambda *_: self.stop())
+                signal.signal(signum, self._on_signal)
         try:
-            while not self._stopping.wait(POLL_SECONDS):
+            while not self._signalled and not self._stopping.wait(POLL_SECONDS):
                 self.check_children()
         finally:
             self.stop_children()
 
     def stop(self) -> None:
+        """Stop supervising, from another thread; a signal goes through _on_signal instead."""
         self._stopping.set()
+
+    def _on_signal(self, signum, frame) -> None:
+        # Python runs a handler in the main thread between two of its steps, possibly inside Event.wait
+        # while that holds the event's own lock: Event.set here would wait for it forever (serve hung on
+        # SIGTERM once in CI, its children never told). A plain flag takes no lock; the loop reads it.
+        self._signalled = True
 
     def check_children(self) -> None:
         """One round: notice exits, restart the children whose backoff is over, notice readiness."""

@@ -108,3 +108,21 @@ def test_a_state_file_left_by_a_dead_serve_says_nothing(tmp_path):
     dead.wait()
     state_file.write_text(f'{{"supervisor_pid": {dead.pid}, "children": {{"generator": {{"state": "preparing"}}}}}}')
     assert child_states(state_file) == {}
+
+
+def test_a_signal_that_lands_while_the_loop_holds_its_wait_lock_still_stops_serve(tmp_path):
+    """A signal handler runs in the main thread between two of its steps, possibly inside Event.wait while
+    that holds the event's lock (held here by hand, since the real window is a few steps wide): a handler
+    that waited for the lock would leave serve hung with every child running."""
+    supervisor = Supervisor(state_file=tmp_path / "state.json", log=lambda line: None)
+    supervisor.add(Child("sleeper", start=lambda: start_in_own_group(SLEEPER)))
+    child = supervisor.children[0].process
+    with supervisor._stopping._cond:
+        handler = threading.Thread(target=supervisor._on_signal, args=(signal.SIGTERM, None), daemon=True)
+        handler.start()
+        handler.join(timeout=5)
+        assert not handler.is_alive(), "the signal handler waited for the lock the loop holds"
+    loop = threading.Thread(target=supervisor.run, daemon=True)
+    loop.start()
+    loop.join(timeout=30)
+    assert not loop.is_alive() and child.poll() is not None
