@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import prefetch_related_objects
 
 from ragapp.answers import generator
 from ragapp.answers.models import Citation, Conversation, Feedback, Message
@@ -249,6 +250,7 @@ def _citation(message: Message, item: RankedCandidate, passage: Passage, *, sent
 
 
 def _done_event(message: Message) -> dict:
+    prefetch_related_objects([message], "citations")  # read once, not by each field that lists them
     return {"event": "done", **AnswerSerializer(message).data}
 
 

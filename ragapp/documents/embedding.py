@@ -41,10 +41,7 @@ def embedding_model(name: str | None = None):
 
     name = name or embedding_model_name()
     device = settings.EMBEDDING_DEVICE or None
-    if settings.EMBEDDING_THREADS:
-        import torch
-
-        torch.set_num_threads(settings.EMBEDDING_THREADS)
+    _threads_apply()
     logger.info("Loading embedding model %s", name)
     model = SentenceTransformer(name, device=device)
     dimensions = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
@@ -86,11 +83,17 @@ def embedding_warm_up(*, threads: int = 0) -> None:
 
     `threads`: the CPU threads to embed with when EMBEDDING_THREADS is unset (0: torch's default, the cores).
     """
-    if threads and not settings.EMBEDDING_THREADS:
+    _threads_apply(default=threads)
+    embed_query("warm up")
+
+
+def _threads_apply(*, default: int = 0) -> None:
+    """Embed with EMBEDDING_THREADS CPU threads, else `default` (0: leave torch's own, the cores)."""
+    threads = settings.EMBEDDING_THREADS or default
+    if threads:
         import torch
 
         torch.set_num_threads(threads)
-    embed_query("warm up")
 
 
 def embedding_space_check() -> None:
