@@ -251,6 +251,7 @@ def package_fetch(package: DocPackage, cache: Path) -> tuple[Path, str]:
     debs.mkdir(parents=True, exist_ok=True)
     deb = _deb_find(debs, package.name) or _deb_download(debs, package.name)
     shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)  # dpkg-deb -x creates the last folder only
     _run(["dpkg-deb", "-x", str(deb), str(root)], what=f"unpacking {deb.name}")
     marker.write_text(deb.name)
     return root, deb.name

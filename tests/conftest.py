@@ -34,13 +34,48 @@ def make_pdf(pages: list[str]) -> bytes:
 
 
 def text_statistics_hold(collection) -> bool:
-    """Whether the collection's stored BM25 totals equal the totals counted from its chunks now."""
+    """Whether the collection's stored BM25 state equals what its chunks give now.
+
+    The totals, each lexeme's chunk count (a lexeme no chunk holds has no row), and every posting
+    (lexeme, chunk, frequency, length) in the block of its chunk id; a lexeme's max_frequency may
+    only be an upper bound, since deletes leave it.
+    """
     stored = CollectionTextStatistics.objects.filter(collection=collection).first()
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*), coalesce(sum(length(search_vector)), 0) FROM documents_chunk WHERE collection_id = %s",
                        [collection.pk])
         chunks, lexemes = cursor.fetchone()
-    return (stored.chunk_count, stored.lexeme_count) == (chunks, lexemes) if stored else chunks == 0
+        totals_hold = (stored.chunk_count, stored.lexeme_count) == (chunks, lexemes) if stored else chunks == 0
+        return totals_hold and not _rows(cursor, LEXEMES_DIFFERENCE, collection) and not _rows(cursor, POSTINGS_DIFFERENCE, collection)
+
+
+# Postings counted from the chunks now, as (lexeme, chunk, frequency, length, block).
+POSTINGS_NOW = """
+    SELECT entry.lexeme, chunk.id, coalesce(array_length(entry.positions, 1), 1), length(chunk.search_vector), chunk.id / 4096
+    FROM documents_chunk AS chunk CROSS JOIN LATERAL unnest(chunk.search_vector) AS entry
+    WHERE chunk.collection_id = %(collection)s
+"""
+POSTINGS_STORED = """
+    SELECT block.lexeme, posting.chunk_id, posting.frequency, posting.length, block.block
+    FROM documents_postingblock AS block
+         CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
+    WHERE block.collection_id = %(collection)s
+"""
+# Rows in one and not the other, either way (EXCEPT ALL: a posting stored twice is a difference too).
+POSTINGS_DIFFERENCE = f"(({POSTINGS_NOW}) EXCEPT ALL ({POSTINGS_STORED})) UNION ALL (({POSTINGS_STORED}) EXCEPT ALL ({POSTINGS_NOW}))"
+LEXEMES_DIFFERENCE = f"""
+    WITH now AS (SELECT lexeme, count(*) AS chunks, max(frequency) AS frequency
+                 FROM ({POSTINGS_NOW}) AS posting (lexeme, chunk, frequency, length, block) GROUP BY lexeme)
+    SELECT coalesce(now.lexeme, stored.lexeme)
+    FROM now FULL OUTER JOIN (SELECT * FROM documents_collectionlexeme WHERE collection_id = %(collection)s) AS stored
+         ON stored.lexeme = now.lexeme
+    WHERE stored.chunk_count IS DISTINCT FROM now.chunks OR NOT stored.max_frequency >= now.frequency
+"""
+
+
+def _rows(cursor, sql: str, collection) -> list:
+    cursor.execute(sql, {"collection": collection.pk})
+    return cursor.fetchall()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Collections of documents and the chunks retrieval searches."""
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
@@ -159,6 +160,48 @@ class CollectionTextStatistics(models.Model):
 
     def __str__(self) -> str:
         return f"{self.collection}: {self.chunk_count} chunks"
+
+
+class CollectionLexeme(models.Model):
+    """One lexeme of a collection: how many chunks hold it, and the most times one chunk holds it.
+
+    Full-text search reads these before any posting to know each query lexeme's weight and the
+    most it can add to a chunk's score (see retrieval/hybrid_search.sql). Triggers (migration
+    0005) keep chunk_count exact through every insert, update and delete of chunks;
+    max_frequency only ever grows, so it stays an upper bound after deletes.
+    """
+
+    pk = models.CompositePrimaryKey("collection", "lexeme")
+    collection = models.ForeignKey(Collection, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
+    lexeme = models.TextField()
+    chunk_count = models.BigIntegerField()
+    max_frequency = models.IntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.lexeme} ({self.chunk_count} chunks)"
+
+
+class PostingBlock(models.Model):
+    """A lexeme's postings for one range of 4,096 chunk ids: the chunks, how often each holds it, their lengths.
+
+    Blocks bound what adding one document rewrites: a few short arrays, never a common lexeme's
+    whole list (the range is chunk id / 4096, in migration 0005's SQL).
+
+    The three arrays run in parallel. A chunk's length is its number of distinct lexemes, as BM25
+    reads it. Kept exact by the same triggers as CollectionLexeme; chunks deleted with their
+    collection take their blocks with them through those triggers, hence DO_NOTHING here.
+    """
+
+    pk = models.CompositePrimaryKey("collection", "lexeme", "block")
+    collection = models.ForeignKey(Collection, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
+    lexeme = models.TextField()
+    block = models.IntegerField()
+    chunk_ids = ArrayField(models.BigIntegerField())
+    frequencies = ArrayField(models.IntegerField())
+    lengths = ArrayField(models.IntegerField())
+
+    def __str__(self) -> str:
+        return f"{self.lexeme} block {self.block}: {len(self.chunk_ids)} chunks"
 
 
 class EmbeddingSpace(models.Model):

@@ -47,32 +47,93 @@ statistics AS (
     FROM $statistics_table
     WHERE collection_id = (SELECT id FROM permitted) AND %(fulltext_k)s > 0
 ),
-occurrences AS (
-    -- One row per chunk and query lexeme it holds. Stored vectors carry no weights (all D),
-    -- so weight A marks exactly the query's lexemes.
-    -- Excluded chunks still count in the document frequencies: they are text of the collection.
-    SELECT chunk.id, chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded)) AS matches,
-           length(chunk.search_vector) AS length,
-           entry.lexeme, coalesce(array_length(entry.positions, 1), 1)::float8 AS frequency
-    FROM $chunk_table AS chunk
-         CROSS JOIN query
-         CROSS JOIN LATERAL unnest(ts_filter(setweight(chunk.search_vector, 'A', query.lexemes), '{a}')) AS entry
-    WHERE chunk.collection_id = (SELECT id FROM permitted) AND chunk.search_vector @@ query.any_lexeme AND %(fulltext_k)s > 0
+weights AS MATERIALIZED (
+    -- Each query lexeme some chunk of the collection holds, with its inverse document frequency and
+    -- the most it can add to one chunk's score: its share at its largest frequency, in a chunk of length 0.
+    SELECT lexeme.lexeme, lexeme.chunk_count, idf.value AS idf,
+           bm25_term(lexeme.max_frequency, 0, idf.value, statistics.mean_length, %(k1)s, %(b)s) AS bound
+    FROM $lexeme_table AS lexeme
+         CROSS JOIN statistics
+         CROSS JOIN LATERAL (SELECT ln(1 + (statistics.chunks - lexeme.chunk_count + 0.5) / (lexeme.chunk_count + 0.5)) AS value) AS idf
+    WHERE lexeme.collection_id = (SELECT id FROM permitted)
+      AND lexeme.lexeme = ANY ((SELECT lexemes FROM query)::text[])
+),
+ordered_weights AS MATERIALIZED (
+    SELECT lexeme, idf,
+           sum(chunk_count) OVER (ORDER BY chunk_count, lexeme) - chunk_count AS rarer_postings,
+           sum(bound) OVER (ORDER BY bound, lexeme) AS bound_so_far  -- this lexeme's and every smaller bound's
+    FROM weights
 ),
 lexeme_weights AS (
-    SELECT occurrences.lexeme, ln(1 + (statistics.chunks - count(*) + 0.5) / (count(*) + 0.5)) AS idf
-    FROM occurrences CROSS JOIN statistics
-    GROUP BY occurrences.lexeme, statistics.chunks
+    SELECT array_agg(lexeme) AS lexemes, array_agg(idf) AS idfs FROM weights
+),
+-- Exact top k without scoring every chunk that holds a query word (MaxScore): the k-th best score of a
+-- few chunks is a floor for the k-th best of all. Lexemes whose bounds add up to less than that floor
+-- cannot lift a chunk holding only them into the top k, so only chunks holding one of the other,
+-- "essential", lexemes are candidates, and only their postings are read.
+seed AS (
+    -- The chunks holding the rarest lexemes, about 2k postings: the first floor.
+    SELECT DISTINCT posting.chunk_id AS id
+    FROM ordered_weights
+         JOIN $posting_table AS block
+              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = ordered_weights.lexeme
+         CROSS JOIN LATERAL unnest(block.chunk_ids) AS posting (chunk_id)
+    WHERE ordered_weights.rarer_postings < 2 * %(fulltext_k)s
+),
+seed_floor AS (
+    SELECT coalesce(min(score), 0) AS score
+    FROM (SELECT bm25_chunk(chunk.search_vector, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length, %(k1)s, %(b)s) AS score
+          FROM seed
+               JOIN $chunk_table AS chunk ON chunk.id = seed.id
+               CROSS JOIN query CROSS JOIN lexeme_weights CROSS JOIN statistics
+          WHERE chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded))
+          ORDER BY score DESC
+          LIMIT %(fulltext_k)s) AS best
+    HAVING count(*) = %(fulltext_k)s
+),
+essential AS (
+    SELECT lexeme, idf FROM ordered_weights WHERE bound_so_far >= (SELECT coalesce(max(score), 0) FROM seed_floor)
+),
+optional_bound AS (
+    -- The most the non-essential lexemes can add together.
+    SELECT coalesce(max(bound_so_far), 0) AS score
+    FROM ordered_weights WHERE bound_so_far < (SELECT coalesce(max(score), 0) FROM seed_floor)
+),
+partial AS MATERIALIZED (
+    -- Every chunk holding an essential lexeme, with the essential lexemes' share of its score.
+    SELECT posting.chunk_id AS id,
+           sum(bm25_term(posting.frequency, posting.length, essential.idf, statistics.mean_length, %(k1)s, %(b)s)) AS score
+    FROM essential
+         JOIN $posting_table AS block
+              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = essential.lexeme
+         CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
+         CROSS JOIN statistics
+    GROUP BY posting.chunk_id
+),
+partial_floor AS (
+    -- A higher floor, when the k best partial scores belong to chunks the question matches (their full
+    -- scores are at least as high).
+    SELECT coalesce(min(best.score), 0) AS score
+    FROM (SELECT top_partial.score
+          FROM (SELECT id, score FROM partial ORDER BY score DESC LIMIT 2 * %(fulltext_k)s) AS top_partial
+               JOIN $chunk_table AS chunk ON chunk.id = top_partial.id
+               CROSS JOIN query
+          WHERE chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded))
+          ORDER BY top_partial.score DESC
+          LIMIT %(fulltext_k)s) AS best
+    HAVING count(*) = %(fulltext_k)s
+),
+candidates AS (
+    SELECT partial.id
+    FROM partial CROSS JOIN optional_bound
+    WHERE partial.score + optional_bound.score + 1e-9 >= greatest((SELECT max(score) FROM seed_floor), (SELECT max(score) FROM partial_floor), 0)
 ),
 bm25 AS (
-    SELECT occurrences.id,
-           sum(weight.idf * occurrences.frequency * (%(k1)s + 1)
-               / (occurrences.frequency + %(k1)s * (1 - %(b)s + %(b)s * occurrences.length / statistics.mean_length))) AS score
-    FROM occurrences
-         JOIN lexeme_weights AS weight ON weight.lexeme = occurrences.lexeme
-         CROSS JOIN statistics
-    WHERE occurrences.matches
-    GROUP BY occurrences.id
+    SELECT chunk.id, bm25_chunk(chunk.search_vector, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length, %(k1)s, %(b)s) AS score
+    FROM candidates
+         JOIN $chunk_table AS chunk ON chunk.id = candidates.id
+         CROSS JOIN query CROSS JOIN lexeme_weights CROSS JOIN statistics
+    WHERE chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded))
 ),
 fulltext AS (
     SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM bm25

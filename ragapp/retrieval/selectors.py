@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from ragapp.documents.embedding import embed_query
-from ragapp.documents.models import Chunk, Collection, CollectionTextStatistics, Document
+from ragapp.documents.models import Chunk, Collection, CollectionLexeme, CollectionTextStatistics, Document, PostingBlock
 from ragapp.documents.segmentation import segment_for_search
 from ragapp.documents.selectors import collection_readable_by
 from ragapp.retrieval.query_syntax import SearchQuery, search_query_parse
@@ -71,11 +71,12 @@ def search_query(text: str) -> SearchQuery:
 
 
 def search_statement(*, parsed: SearchQuery, collection: Collection, reader, embedding: Sequence[float] | None,
-                     k: int, limit: int, mode: str) -> tuple[str, dict] | None:
-    """HYBRID_SQL filled in for one search, and its values; None when the reader may read nothing at all.
+                     k: int, limit: int, mode: str, template: Template = HYBRID_SQL) -> tuple[str, dict] | None:
+    """`template` (HYBRID_SQL) filled in for one search, and its values; None when the reader may read nothing at all.
 
     The permission subquery is `collection_readable_by` compiled by the ORM; a side that `mode`
-    leaves out takes 0 rows.
+    leaves out takes 0 rows. Another template with the same placeholders and values may stand in,
+    as the benchmark's and the tests' exact full-text reference does.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -84,11 +85,13 @@ def search_statement(*, parsed: SearchQuery, collection: Collection, reader, emb
     if permitted.query.is_empty():  # an anonymous or inactive user: the rule has no SQL to compile
         return None
     permitted_sql, permitted_params = _named_parameters(*permitted.query.sql_with_params(), prefix="permitted")
-    statement = HYBRID_SQL.substitute(
+    statement = template.substitute(
         permitted_collection=permitted_sql,
         chunk_table=connection.ops.quote_name(Chunk._meta.db_table),
         document_table=connection.ops.quote_name(Document._meta.db_table),
         statistics_table=connection.ops.quote_name(CollectionTextStatistics._meta.db_table),
+        lexeme_table=connection.ops.quote_name(CollectionLexeme._meta.db_table),
+        posting_table=connection.ops.quote_name(PostingBlock._meta.db_table),
     )
     use_dense, use_fulltext = mode in ("dense", "hybrid"), mode in ("fulltext", "hybrid")
     return statement, {

@@ -1,0 +1,140 @@
+"""Full-text top k from postings (MaxScore) against the exact BM25 statement it replaced.
+
+The reference is bench/hybrid_search_exact.sql: the statement that scored every chunk holding a
+query word. Both run through search_statement with the same values, on a collection large enough
+for the pruning to leave most matching chunks unscored.
+"""
+
+from pathlib import Path
+from string import Template
+
+import numpy as np
+import pytest
+from django.db import connection, transaction
+
+from ragapp.documents.models import Chunk, Document
+from ragapp.documents.services import collection_get_or_create
+from ragapp.retrieval.selectors import hnsw_scan_configure, search_query, search_statement
+from tests.conftest import text_statistics_hold
+
+pytestmark = pytest.mark.django_db
+
+EXACT_SQL = Template((Path(__file__).parents[2] / "bench" / "hybrid_search_exact.sql").read_text())
+WORDS = ("invoice receipt travel train taxi laptop encryption coffee vacation security badge printer network "
+         "password manager budget report meeting office holiday parking kitchen expense policy contract "
+         "salary training onboarding desk monitor keyboard backup server ticket support refund hotel "
+         "flight visa insurance pension").split()
+QUESTIONS = [
+    "train ticket refund", "laptop encryption password", "coffee", "hotel flight visa insurance pension",
+    "expense policy for travel by train or taxi", "the security of the network server backup",
+    '"travel policy" hotel', "budget report -meeting", 'office -"parking kitchen"', "x-ray of the desk monitor",
+    "the of and", "unheardofword", "salary salary salary",
+]
+
+
+@pytest.fixture
+def large_collection(db):
+    """600 chunks of 8-60 words drawn with Zipf-like frequencies from WORDS, one document per 20 chunks."""
+    rng = np.random.default_rng(7)
+    collection = collection_get_or_create(name="Large")
+    weights = 1 / np.arange(1, len(WORDS) + 1)
+    weights /= weights.sum()
+    for document_index in range(30):
+        document = Document.objects.create(collection=collection, title=f"d{document_index}", original_filename=f"d{document_index}.txt",
+                                           sha256=f"{document_index:064d}", status=Document.Status.READY)
+        Chunk.objects.bulk_create([
+            Chunk(document=document, collection=collection, language=collection.language, ordinal=ordinal,
+                  text=" ".join(rng.choice(WORDS, size=rng.integers(8, 60), p=weights)) + (" x-ray" if ordinal == 3 else ""),
+                  char_start=0, char_end=1, token_count=10, embedding=_unit(rng))
+            for ordinal in range(20)
+        ])
+    return collection
+
+
+def _unit(rng) -> list[float]:
+    vector = rng.standard_normal(384)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+def _fulltext(collection, question: str, *, k: int, template: Template | None = None) -> list[tuple[int, int]]:
+    statement = search_statement(parsed=search_query(question), collection=collection, reader=None, embedding=None,
+                                 k=k, limit=k, mode="fulltext", **({"template": template} if template else {}))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(*statement)
+        return [(row[0], row[14]) for row in cursor.fetchall()]  # chunk id, full-text rank
+
+
+def assert_same_ranking(collection, question: str, *, k: int) -> None:
+    """The same chunks at the same ranks, except where two chunks' scores tie (up to summation order)."""
+    found, exact = _fulltext(collection, question, k=k), _fulltext(collection, question, k=k, template=EXACT_SQL)
+    assert len(found) == len(exact), question
+    differing = [(got, expected) for (got, _), (expected, _) in zip(found, exact) if got != expected]
+    if differing:
+        scores = _scores(collection, question, [chunk for pair in differing for chunk in pair])
+        assert all(abs(scores[got] - scores[expected]) < 1e-9 for got, expected in differing), (question, differing, scores)
+
+
+def _scores(collection, question: str, chunk_ids: list[int]) -> dict[int, float]:
+    """BM25 of the chunks for the question, from the collection's lexeme counts."""
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            SELECT chunk.id, bm25_chunk(chunk.search_vector, weights.lexemes, weights.idfs, statistics.lexeme_count::float8 / statistics.chunk_count, 0.9, 0.4)
+            FROM documents_chunk AS chunk
+                 JOIN documents_collectiontextstatistics AS statistics ON statistics.collection_id = chunk.collection_id
+                 CROSS JOIN LATERAL (
+                     SELECT array_agg(lexeme.lexeme) AS lexemes,
+                            array_agg(ln(1 + (statistics.chunk_count - lexeme.chunk_count + 0.5) / (lexeme.chunk_count + 0.5))) AS idfs
+                     FROM documents_collectionlexeme AS lexeme
+                     WHERE lexeme.collection_id = chunk.collection_id
+                       AND lexeme.lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))) AS weights
+            WHERE chunk.id = ANY (%s)""", [search_query(question).scored_text, chunk_ids])
+        return dict(cursor.fetchall())
+
+
+@pytest.mark.parametrize("k", [1, 5, 20, 100])
+def test_top_k_from_postings_is_the_exact_bm25_top_k(large_collection, k):
+    for question in QUESTIONS:
+        assert_same_ranking(large_collection, question, k=k)
+
+
+def test_pruning_leaves_most_matching_chunks_unscored(large_collection):
+    """The rarest words set a floor that rules the common words out: fewer chunks are scored than match."""
+    parsed = search_query("pension visa coffee")
+    statement, params = search_statement(parsed=parsed, collection=large_collection, reader=None, embedding=None,
+                                         k=5, limit=5, mode="fulltext")
+    with transaction.atomic(), connection.cursor() as cursor:
+        hnsw_scan_configure(cursor, k=5)
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params)
+        plan = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*) FROM documents_chunk WHERE collection_id = %s AND search_vector @@ "
+                       "to_tsquery('english', 'pension | visa | coffee')", [large_collection.pk])
+        matching = cursor.fetchone()[0]
+    partial_rows = _cte_rows(plan[0]["Plan"], "CTE partial")
+    assert 0 < partial_rows < matching / 2, (partial_rows, matching)
+
+
+def _cte_rows(node: dict, name: str) -> int:
+    if node.get("Subplan Name") == name:
+        return node["Actual Rows"]
+    for child in node.get("Plans", []):
+        if (rows := _cte_rows(child, name)) is not None:
+            return rows
+    return None
+
+
+def test_top_k_stays_exact_after_deletes_and_updates(large_collection):
+    Document.objects.filter(collection=large_collection, title__in=["d1", "d2", "d3"]).delete()
+    Chunk.objects.filter(collection=large_collection, ordinal=5).update(text="pension pension visa")
+    assert text_statistics_hold(large_collection)
+    for question in QUESTIONS:
+        assert_same_ranking(large_collection, question, k=10)
+
+
+def test_the_exact_reference_still_reads_every_matching_chunk(large_collection):
+    """The peer must stay the old statement: it reads chunks' vectors, never the postings or lexeme counts."""
+    statement, params = search_statement(parsed=search_query("pension visa"), collection=large_collection, reader=None,
+                                         embedding=None, k=10, limit=10, mode="fulltext", template=EXACT_SQL)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + statement, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "on documents_chunk" in plan and "postingblock" not in plan and "collectionlexeme" not in plan, plan
