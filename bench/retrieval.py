@@ -1,42 +1,51 @@
-"""Retrieval latency and HNSW recall against exact search, at 10k and 100k chunks.
+"""Retrieval latency, full-text exactness and HNSW recall on collections of 100k-1M chunks of real text.
 
-For each size a synthetic collection is loaded without running the embedding model per chunk:
-a pool of real SciFact chunks (parsed and chunked as ingestion does) is embedded once with the
-real model and cached under bench/.cache; each synthetic chunk copies a pool chunk's text and
-takes its vector plus gaussian noise shaped like the pool's own spread (so the vectors stay
-in the region real embeddings occupy), re-normalised. The chunks are written with COPY, then
-the table's HNSW and full-text indexes are built from scratch (timed) and VACUUM ANALYZE runs.
+For each size the collection is bulk-loaded without running the embedding model per chunk: the chunk texts are
+the first SIZE chunks of bench/corpus.py's corpus (Debian documentation, parsed and chunked as ingestion does),
+and each chunk's vector is a real SciFact chunk's embedding (a pool embedded once with the model, cached under
+bench/.cache) plus gaussian noise shaped like the pool's own spread, re-normalised, so the vectors stay in the
+region real embeddings occupy. Chunks go in with COPY in batches (the chunk table's triggers build the BM25
+totals, lexeme counts and posting blocks once per batch), then the HNSW and GIN indexes are built from scratch
+and VACUUM ANALYZE runs; all of it is timed as the load.
 
-Measured on real SciFact queries embedded with the real model:
-- dense kNN through the HNSW index (ORDER BY embedding <=> q LIMIT 10, filtered by collection,
-  with the session settings chunk_search uses: hnsw.ef_search and hnsw.iterative_scan);
-- the peer: the same statement with index scans disabled (exact search), which gives the
-  ground truth for recall@10 and the latency ratio; EXPLAIN shows which plan each side used;
-- chunk_search itself (hybrid, k=100, and its dense and full-text halves alone), with the
-  query vector computed beforehand so only the SQL and the row building are timed.
+Measured on real SciFact queries embedded with the real model, the query vectors computed beforehand:
+- chunk_search itself in each mode (dense, fulltext, hybrid; k = RETRIEVAL_CANDIDATES): p50/p95;
+- the full-text side against its peer, the exact BM25 statement it replaced (bench/hybrid_search_exact.sql,
+  which scores every chunk holding a query word): top-10 and top-100 overlap, and its latency;
+- HNSW recall@10 against exact nearest neighbours (computed with numpy over the loaded vectors), at
+  chunk_search's ef_search and at the --ef-search-sweep values;
+- hybrid throughput with --concurrency clients (threads, one connection each) against one client.
 
-The benchmark drops and rebuilds the chunk table's indexes, so it refuses to run on a
-database with chunks other than its own: run it on a throwaway DATA_DIR.
+The benchmark drops and rebuilds the chunk table's indexes, so it refuses to run on a database with chunks
+other than its own: run it on a throwaway DATA_DIR.
 """
 
 import argparse
 import hashlib
 import json
 import math
-import re
+import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
+from string import Template
 
 import numpy as np
 from common import (
-    CACHE_DIR, abstract_text, chunk_drafts, django_setup, latency_summary, results_write, scifact_abstracts,
-    scifact_path, scifact_queries,
+    CACHE_DIR, REPO_ROOT, abstract_text, chunk_drafts, django_setup, latency_summary, results_write,
+    scifact_abstracts, scifact_path, scifact_queries,
 )
+from corpus import corpus_read
 
 COLLECTION_PREFIX = "bench-"  # every collection named so is benchmark data and may be deleted
 INDEX_NAMES = ("chunk_embedding_hnsw", "chunk_search_vector_gin")
-PEER = "exact search: the same kNN statement with SET LOCAL enable_indexscan = off (sequential scan + sort)"
-VECTOR_LITERAL = re.compile(r"'\[[^\]]*\]'::vector")
+EXACT_SQL = Template((Path(__file__).parent / "hybrid_search_exact.sql").read_text())
+PEERS = {
+    "fulltext": "the exact BM25 statement the postings replaced (bench/hybrid_search_exact.sql): every chunk "
+                "holding a query word is scored",
+    "hnsw": "exact nearest neighbours by cosine, numpy over the loaded vectors",
+    "concurrency": "the same hybrid searches from one client",
+}
 DENSE_SQL = """
 SELECT id FROM documents_chunk WHERE collection_id = %(collection_id)s
 ORDER BY embedding <=> %(embedding)s::vector LIMIT %(limit)s
@@ -45,56 +54,86 @@ ORDER BY embedding <=> %(embedding)s::vector LIMIT %(limit)s
 
 def options_parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Measure retrieval latency (p50/p95) and HNSW recall@10 against exact search "
-                    "on synthetic collections built from real SciFact embeddings.",
+        description="Measure retrieval latency (p50/p95), full-text exactness against the exact BM25 statement, "
+                    "HNSW recall@10 and concurrency on collections of real text with synthetic vectors.",
     )
-    parser.add_argument("--sizes", default="10000,100000",
-                        help="Comma-separated collection sizes in chunks (default: 10000,100000).")
+    parser.add_argument("--sizes", default="100000,1000000",
+                        help="Comma-separated collection sizes in chunks (default: 100000,1000000).")
+    parser.add_argument("--corpus", type=Path,
+                        help="Chunk texts: a corpus file from bench/corpus.py (default: the largest one cached "
+                             "under bench/.cache/corpus/).")
     parser.add_argument("--queries", type=int, default=200,
                         help="SciFact queries to time and to measure recall with (default: 200).")
+    parser.add_argument("--reference-queries", type=int, default=200,
+                        help="How many of those also run through the exact full-text statement, the peer "
+                             "(default: 200; it reads every chunk holding a query word, seconds each at 1M).")
     parser.add_argument("--pool", type=int, default=4000,
-                        help="Real SciFact chunks embedded with the model (cached) from which the synthetic "
-                             "chunks are drawn (default: 4000; the first run embeds them, a few minutes on 2 cores).")
+                        help="Real SciFact chunks embedded with the model (cached) whose vectors, plus noise, the "
+                             "chunks take (default: 4000; the first run embeds them, a few minutes on 2 cores).")
     parser.add_argument("--noise", type=float, default=0.3,
                         help="Expected length of the noise added to each unit pool vector (default: 0.3, "
                              "i.e. cosine ~0.96 between a synthetic vector and its source).")
     parser.add_argument("--chunks-per-document", type=int, default=10,
-                        help="Synthetic chunks per synthetic document (default: 10).")
-    parser.add_argument("--ef-search-sweep", default="40,100,400",
-                        help="Extra hnsw.ef_search values at which to measure dense recall@10 and latency, "
-                             "besides chunk_search's own setting (default: 40,100,400; empty: none).")
-    parser.add_argument("--modes", default="hybrid,dense,fulltext",
-                        help="chunk_search modes to time, comma-separated (default: hybrid,dense,fulltext; "
-                             "empty: none, to measure only HNSW against exact search).")
-    parser.add_argument("--maintenance-work-mem", default="512MB",
-                        help="maintenance_work_mem for building the indexes (default: 512MB; an HNSW graph "
+                        help="Chunks per synthetic document (default: 10).")
+    parser.add_argument("--batch", type=int, default=100_000,
+                        help="Chunks per COPY statement; the text index is built once per batch (default: 100000).")
+    parser.add_argument("--hnsw", default="",
+                        help="HNSW build parameters m,ef_construction (default: the migration's own).")
+    parser.add_argument("--halfvec", action="store_true",
+                        help="Index the vectors cast to halfvec (half precision) instead, and search that way.")
+    parser.add_argument("--ef-search-sweep", default="40,100,200,400",
+                        help="hnsw.ef_search values at which to measure dense recall@10 and latency "
+                             "(default: 40,100,200,400; empty: none).")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="Clients searching at once for the throughput ratio (default: 8).")
+    parser.add_argument("--maintenance-work-mem", default="1GB",
+                        help="maintenance_work_mem for building the indexes (default: 1GB; an HNSW graph "
                              "that does not fit is built much more slowly).")
     parser.add_argument("--warm-up", type=int, default=10, help="Untimed queries before each timed series (default: 10).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed for the synthetic vectors (default: 0).")
     parser.add_argument("--keep", action="store_true",
-                        help="Keep the last synthetic collection (bench-retrieval-SIZE) for inspection.")
+                        help="Keep the last collection (bench-retrieval-SIZE) for inspection.")
     parser.add_argument("--scifact", help="BEIR SciFact folder (default: $SCIFACT_DIR or ../shared/data/scifact).")
     parser.add_argument("--output", default="retrieval", help="Name of the results file under bench/results/ (default: retrieval).")
     options = parser.parse_args(argv)
     try:
         options.sizes = [int(size) for size in options.sizes.split(",") if size.strip()]
         options.ef_search_sweep = [int(value) for value in options.ef_search_sweep.split(",") if value.strip()]
+        options.hnsw = [int(value) for value in options.hnsw.split(",") if value.strip()]
     except ValueError:
-        parser.error("--sizes and --ef-search-sweep take comma-separated whole numbers")
-    options.modes = [mode.strip() for mode in options.modes.split(",") if mode.strip()]
-    if set(options.modes) - {"hybrid", "dense", "fulltext"}:
-        parser.error("--modes takes a comma-separated list of hybrid, dense, fulltext")
+        parser.error("--sizes, --ef-search-sweep and --hnsw take comma-separated whole numbers")
+    if options.hnsw and len(options.hnsw) != 2:
+        parser.error("--hnsw takes two numbers: m,ef_construction")
     if not options.sizes or min(options.sizes) < 10:
         parser.error("--sizes must be at least 10 chunks each")
-    if options.queries < 1 or options.pool < 1:
-        parser.error("--queries and --pool must be at least 1")
+    if options.queries < 1 or options.pool < 1 or options.concurrency < 1:
+        parser.error("--queries, --pool and --concurrency must be at least 1")
+    options.corpus = options.corpus or corpus_default()
+    if options.corpus is None or not options.corpus.exists():
+        parser.error("no corpus: build one with `bench/corpus.py` (see bench/README.md) or pass --corpus FILE")
     return options
+
+
+def corpus_default() -> Path | None:
+    found = sorted((CACHE_DIR / "corpus").glob("chunks-*.jsonl.gz"), key=lambda path: int(path.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def corpus_texts(path: Path, size: int) -> tuple[list[str], list[int]]:
+    """The first `size` chunk texts of the corpus and their token counts."""
+    texts, tokens = [], []
+    for record in corpus_read(path):
+        texts.append(record["text"])
+        tokens.append(record["tokens"])
+        if len(texts) == size:
+            return texts, tokens
+    raise SystemExit(f"{path} has only {len(texts)} chunks: build a larger one with bench/corpus.py --chunks {size}.")
 
 
 # ---- the pool of real embeddings ---------------------------------------------------------------
 
-def pool_load(folder, size: int) -> tuple[list[str], list[int], np.ndarray]:
-    """Return (texts, token counts, unit vectors) of `size` real SciFact chunks, embedding them once."""
+def pool_load(folder, size: int) -> np.ndarray:
+    """Return the unit vectors of `size` real SciFact chunks, embedding them once."""
     from django.conf import settings
 
     from ragapp.documents.embedding import embedding_model_label
@@ -102,23 +141,20 @@ def pool_load(folder, size: int) -> tuple[list[str], list[int], np.ndarray]:
     key = json.dumps([embedding_model_label(), settings.CHUNK_TOKENS, settings.CHUNK_OVERLAP_TOKENS, str(folder), size])
     path = CACHE_DIR / f"scifact-pool-{size}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
     if path.exists():
-        cached = np.load(path)
-        return [str(text) for text in cached["texts"]], cached["tokens"].tolist(), cached["vectors"]
-    texts, tokens = _pool_chunks(folder, size)
+        return np.load(path)["vectors"]
+    texts = _pool_texts(folder, size)
     vectors = _embed_with_progress_bar(texts)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    np.savez(path, texts=np.array(texts), tokens=np.array(tokens), vectors=vectors)
-    return texts, tokens, vectors
+    np.savez(path, texts=np.array(texts), vectors=vectors)
+    return vectors
 
 
-def _pool_chunks(folder, size: int) -> tuple[list[str], list[int]]:
-    texts, tokens = [], []
+def _pool_texts(folder, size: int) -> list[str]:
+    texts = []
     for record in scifact_abstracts(folder):
-        for draft in chunk_drafts(abstract_text(record)):
-            texts.append(draft.text)
-            tokens.append(draft.token_count)
+        texts.extend(draft.text for draft in chunk_drafts(abstract_text(record)))
         if len(texts) >= size:
-            return texts[:size], tokens[:size]
+            return texts[:size]
     raise SystemExit(f"SciFact has only {len(texts)} chunks: pass --pool {len(texts)} or less.")
 
 
@@ -136,8 +172,8 @@ def _embed_with_progress_bar(texts: list[str]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def synthetic_vectors(pool: np.ndarray, count: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Return (pool index, unit vector) per synthetic chunk: a pool vector plus noise, re-normalised.
+def synthetic_vectors(pool: np.ndarray, count: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """One unit vector per chunk: a random pool vector plus noise, re-normalised.
 
     The noise is gaussian with the pool's own covariance, scaled to an expected length of
     `noise`: isotropic noise would push vectors into directions real embeddings never take.
@@ -145,19 +181,14 @@ def synthetic_vectors(pool: np.ndarray, count: int, noise: float, rng: np.random
     centred = pool - pool.mean(axis=0)
     eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(pool))
     eigenvalues = np.clip(eigenvalues, 0, None)
-    shape = eigenvectors * np.sqrt(eigenvalues) * (noise / math.sqrt(eigenvalues.sum()))
-    sources = rng.integers(0, len(pool), size=count)
-    vectors = pool[sources] + rng.standard_normal((count, pool.shape[1]), dtype=np.float32) @ shape.T.astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return sources, vectors.astype(np.float32)
-
-
-def nearest_neighbour_cosine(vectors: np.ndarray, rng: np.random.Generator, sample: int = 500) -> float:
-    """Mean cosine between a sample of the vectors and the nearest other vector of the set."""
-    picked = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
-    similarities = vectors[picked] @ vectors.T
-    similarities[np.arange(len(picked)), picked] = -1.0  # not itself
-    return round(float(similarities.max(axis=1).mean()), 4)
+    shape = (eigenvectors * np.sqrt(eigenvalues) * (noise / math.sqrt(eigenvalues.sum()))).T.astype(np.float32)
+    vectors = np.empty((count, pool.shape[1]), dtype=np.float32)
+    for start in range(0, count, 100_000):  # in slices: 1M x 384 gaussians at once would take 3 GB
+        stop = min(start + 100_000, count)
+        part = pool[rng.integers(0, len(pool), size=stop - start)]
+        part = part + rng.standard_normal((stop - start, pool.shape[1]), dtype=np.float32) @ shape
+        vectors[start:stop] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    return vectors
 
 
 # ---- loading a collection and (re)building the indexes --------------------------------------
@@ -193,8 +224,18 @@ def indexes_dropped():
         indexes_create(definitions, maintenance_work_mem=None, only_missing=True)
 
 
+def hnsw_definition(definition: str, options) -> str:
+    """The migration's HNSW index, with --hnsw's m and ef_construction and --halfvec's cast when given."""
+    if options.hnsw:
+        m, ef_construction = options.hnsw
+        definition = definition[:definition.index(" WITH (")] + f" WITH (m='{m}', ef_construction='{ef_construction}')"
+    if options.halfvec:
+        definition = definition.replace("(embedding vector_cosine_ops)", "((embedding::halfvec(384)) halfvec_cosine_ops)")
+    return definition
+
+
 def indexes_create(definitions: dict[str, str], *, maintenance_work_mem: str | None, only_missing: bool = False) -> dict:
-    """Create the indexes from their original definitions; return the seconds each took."""
+    """Create the indexes from their definitions; return the seconds each took."""
     from django.db import connection
 
     seconds = {}
@@ -214,40 +255,46 @@ def indexes_create(definitions: dict[str, str], *, maintenance_work_mem: str | N
 
 
 def bench_data_delete() -> None:
-    """Delete every benchmark collection, then VACUUM (call with the indexes dropped: it is fast then)."""
+    """Delete every benchmark collection with its text index, then VACUUM (fast with the indexes dropped)."""
     from django.db import connection
 
     from ragapp.documents.models import Collection
 
     ids = list(Collection.objects.filter(name__startswith=COLLECTION_PREFIX).values_list("pk", flat=True))
     with connection.cursor() as cursor:
+        # Whole collections go: their lexemes and blocks are deleted outright, not posting by posting.
+        cursor.execute("ALTER TABLE documents_chunk DISABLE TRIGGER documents_chunk_text_index_delete")
         cursor.execute("DELETE FROM documents_chunk WHERE collection_id = ANY(%s)", [ids])
+        cursor.execute("ALTER TABLE documents_chunk ENABLE TRIGGER documents_chunk_text_index_delete")
+        cursor.execute("DELETE FROM documents_postingblock WHERE collection_id = ANY(%s)", [ids])
+        cursor.execute("DELETE FROM documents_collectionlexeme WHERE collection_id = ANY(%s)", [ids])
         cursor.execute("DELETE FROM documents_document WHERE collection_id = ANY(%s)", [ids])
         Collection.objects.filter(pk__in=ids).delete()
-        cursor.execute("VACUUM documents_chunk")
-        cursor.execute("VACUUM documents_document")
+        for table in ("documents_chunk", "documents_document", "documents_postingblock", "documents_collectionlexeme"):
+            cursor.execute(f"VACUUM {table}")
 
 
-def collection_load(size: int, *, pool_texts, pool_tokens, sources, vectors, chunks_per_document: int):
+def collection_load(size: int, *, texts, tokens, vectors, options):
     """Create the collection, its documents, and COPY its chunks in; return the collection."""
     from ragapp.documents.models import Document
     from ragapp.documents.services import collection_get_or_create
 
     collection = collection_get_or_create(name=f"{COLLECTION_PREFIX}retrieval-{size}")
-    document_count = math.ceil(size / chunks_per_document)
+    per_document = options.chunks_per_document
     documents = Document.objects.bulk_create([
-        Document(collection=collection, title=f"Synthetic document {index}", original_filename=f"synthetic-{index}.txt",
+        Document(collection=collection, title=f"Corpus document {index}", original_filename=f"corpus-{index}.txt",
                  content_type="text/plain", sha256=hashlib.sha256(f"{collection.pk}-{index}".encode()).hexdigest(),
-                 status=Document.Status.READY, progress=100, chunk_count=chunks_per_document)
-        for index in range(document_count)
-    ], batch_size=2000)
+                 status=Document.Status.READY, progress=100, chunk_count=per_document)
+        for index in range(math.ceil(size / per_document))
+    ], batch_size=5000)
     document_ids = [document.pk for document in documents]
-    _chunks_copy(collection, document_ids, chunks_per_document, pool_texts, pool_tokens, sources, vectors)
+    for start in range(0, size, options.batch):
+        _chunks_copy(collection, document_ids, per_document, texts, tokens, vectors, range(start, min(start + options.batch, size)))
     return collection
 
 
-def _chunks_copy(collection, document_ids, chunks_per_document, pool_texts, pool_tokens, sources, vectors) -> None:
-    """COPY the chunks in binary form, vectors included (pgvector's binary format, set on this cursor only)."""
+def _chunks_copy(collection, document_ids, per_document, texts, tokens, vectors, indexes: range) -> None:
+    """COPY one batch of chunks in binary form, vectors included (pgvector's binary format, set on this cursor only)."""
     from django.db import connection
     from pgvector.psycopg.vector import register_vector_info
     from psycopg.types import TypeInfo
@@ -264,32 +311,33 @@ def _chunks_copy(collection, document_ids, chunks_per_document, pool_texts, pool
         statement = f"COPY documents_chunk ({', '.join(columns)}) FROM STDIN WITH (FORMAT BINARY)"
         with cursor.copy(statement) as copy:
             copy.set_types(types)
-            for index in tqdm(range(len(sources)), desc="COPY chunks", unit="chunk", mininterval=1):
-                text = pool_texts[sources[index]]
+            for index in tqdm(indexes, desc=f"COPY chunks {indexes.start}-{indexes.stop}", unit="chunk", mininterval=2):
                 copy.write_row((
-                    document_ids[index // chunks_per_document], collection.pk, collection.language,
-                    index % chunks_per_document, text, None, None, Jsonb([]), 0, len(text),
-                    pool_tokens[sources[index]], vectors[index],
+                    document_ids[index // per_document], collection.pk, collection.language, index % per_document,
+                    texts[index], None, None, Jsonb([]), 0, len(texts[index]), tokens[index], vectors[index],
                 ))
     if not raw.autocommit:
         raw.commit()
 
 
-def table_sizes() -> dict:
+def relation_sizes() -> dict:
+    """Megabytes of the chunk table, each of its indexes, and the text index's tables with their indexes."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_total_relation_size('documents_chunk'), pg_relation_size('chunk_embedding_hnsw'), "
-                       "pg_relation_size('chunk_search_vector_gin')")
-        total, hnsw, gin = cursor.fetchone()
-    return {"chunk_table_total_mb": round(total / 2**20, 1), "hnsw_index_mb": round(hnsw / 2**20, 1),
-            "gin_index_mb": round(gin / 2**20, 1)}
+        cursor.execute("""
+            SELECT relname, pg_total_relation_size(oid) FROM pg_class
+            WHERE relname IN ('documents_chunk', 'documents_postingblock', 'documents_collectionlexeme')
+            UNION ALL
+            SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes
+            WHERE relname IN ('documents_chunk', 'documents_postingblock', 'documents_collectionlexeme')""")
+        return {name: round(size / 2**20, 1) for name, size in cursor.fetchall()}
 
 
 def server_settings() -> dict:
     from django.db import connection
 
-    names = ["shared_buffers", "work_mem", "maintenance_work_mem", "max_parallel_maintenance_workers",
+    names = ["server_version", "shared_buffers", "work_mem", "maintenance_work_mem", "max_parallel_maintenance_workers",
              "max_parallel_workers_per_gather", "effective_cache_size", "jit"]
     with connection.cursor() as cursor:
         cursor.execute("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", [names])
@@ -298,32 +346,35 @@ def server_settings() -> dict:
 
 # ---- measuring --------------------------------------------------------------------------------
 
-@contextmanager
-def search_session(*, k: int, ef_search: int | None = None, exact: bool = False):
-    """A transaction with chunk_search's HNSW settings (or with index scans off, for exact search)."""
+def exact_neighbours(vectors: np.ndarray, query_vectors: np.ndarray, chunk_ids: np.ndarray, at: int) -> list[list[int]]:
+    """The ids of each query's `at` nearest chunks by cosine (unit vectors: the largest dot products)."""
+    found = []
+    for query in query_vectors:
+        similarities = vectors @ query
+        best = np.argpartition(-similarities, at)[:at]
+        found.append(chunk_ids[best[np.argsort(-similarities[best])]].tolist())
+    return found
+
+
+def dense_sql(options) -> str:
+    return DENSE_SQL.replace("embedding <=> %(embedding)s::vector",
+                             "embedding::halfvec(384) <=> %(embedding)s::halfvec(384)") if options.halfvec else DENSE_SQL
+
+
+def dense_series(collection, query_vectors, *, sql: str, ef_search: int, warm_up: int) -> tuple[list[list[int]], list[float]]:
+    """Run the kNN statement through HNSW at `ef_search` once per query; return the ids found and the seconds."""
     from django.db import connection, transaction
 
     from ragapp.retrieval.selectors import hnsw_scan_configure
 
-    with transaction.atomic(), connection.cursor() as cursor:
-        if exact:
-            cursor.execute("SET LOCAL enable_indexscan = off")
-        else:
-            hnsw_scan_configure(cursor, k=k)  # the very settings chunk_search uses
-            if ef_search is not None:
-                cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
-        yield cursor
-
-
-def dense_series(collection, query_vectors, *, limit: int, warm_up: int, exact: bool = False,
-                 ef_search: int | None = None) -> tuple[list[list[int]], list[float]]:
-    """Run the kNN statement once per query; return the ids found and the seconds each took."""
     found, seconds = [], []
     for index in range(-min(warm_up, len(query_vectors)), len(query_vectors)):
-        params = {"collection_id": collection.pk, "embedding": query_vectors[index].tolist(), "limit": limit}
-        with search_session(k=limit, ef_search=ef_search, exact=exact) as cursor:
+        params = {"collection_id": collection.pk, "embedding": query_vectors[index].tolist(), "limit": 10}
+        with transaction.atomic(), connection.cursor() as cursor:
+            hnsw_scan_configure(cursor, k=10)
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
             start = time.perf_counter()
-            cursor.execute(DENSE_SQL, params)
+            cursor.execute(sql, params)
             rows = cursor.fetchall()
             elapsed = time.perf_counter() - start
         if index >= 0:
@@ -337,184 +388,161 @@ def recall(found: list[list[int]], truth: list[list[int]], at: int) -> float:
     return round(float(np.mean(hits)), 4)
 
 
-def plan(sql: str, params: dict, *, k: int, exact: bool = False, ef_search: int | None = None) -> str:
-    """Return the plan PostgreSQL chooses, with the query vector's 384 numbers shortened to '[...]'."""
-    with search_session(k=k, exact=exact, ef_search=ef_search) as cursor:
-        cursor.execute("EXPLAIN " + sql, params)
-        return VECTOR_LITERAL.sub("'[...]'::vector", "\n".join(row[0] for row in cursor.fetchall()))
-
-
-def chunk_search_series(collection, query_texts, query_vectors, *, mode: str, k: int, warm_up: int):
-    """Time chunk_search itself with the query vectors computed beforehand; return seconds and results."""
-    from ragapp.retrieval.selectors import chunk_search
-
+def search_series(collection, query_texts, query_vectors, *, mode: str, k: int, warm_up: int, template=None):
+    """Time chunk_search (or `template` in its place) with the query vectors given; return ids ranked and seconds."""
     results, seconds = [], []
     for index in range(-min(warm_up, len(query_texts)), len(query_texts)):
         start = time.perf_counter()
-        candidates = chunk_search(query=query_texts[index], collection=collection, reader=None, k=k, mode=mode,
-                                  embedding=query_vectors[index])
+        ids = search_ids(collection, query_texts[index], query_vectors[index], mode=mode, k=k, template=template)
         elapsed = time.perf_counter() - start
         if index >= 0:
-            results.append(candidates)
+            results.append(ids)
             seconds.append(elapsed)
     return results, seconds
 
 
-def size_measure(collection, query_texts, query_vectors, options) -> dict:
-    """Time HNSW against exact search, check their plans, then time chunk_search itself."""
+def search_ids(collection, query_text: str, query_vector, *, mode: str, k: int, template=None) -> list[int]:
+    from django.db import connection, transaction
+
+    from ragapp.retrieval.selectors import chunk_search, hnsw_scan_configure, search_query, search_statement
+
+    if template is None:
+        candidates = chunk_search(query=query_text, collection=collection, reader=None, k=k, mode=mode, embedding=query_vector)
+        return [candidate.chunk.pk for candidate in candidates]
+    statement = search_statement(parsed=search_query(query_text), collection=collection, reader=None,
+                                 embedding=query_vector, k=k, limit=k, mode=mode, template=template)
+    with transaction.atomic(), connection.cursor() as cursor:
+        hnsw_scan_configure(cursor, k=k)
+        cursor.execute(*statement)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def overlap(found: list[list[int]], reference: list[list[int]], at: int) -> float:
+    """Mean share of the reference's top `at` that was found in the top `at` (1 where both are empty)."""
+    shares = [len(set(got[:at]) & set(expected[:at])) / len(expected[:at]) if expected else float(not got)
+              for got, expected in zip(found, reference)]
+    return round(float(np.mean(shares)), 4)
+
+
+def throughput(collection, query_texts, query_vectors, *, clients: int, k: int) -> float:
+    """Hybrid searches per second with `clients` threads sharing the queries, each with its own connection."""
+    from django.db import connection
+
+    def client(indexes):
+        try:
+            for index in indexes:
+                search_ids(collection, query_texts[index], query_vectors[index], mode="hybrid", k=k)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(range(offset, len(query_texts), clients),)) for offset in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(query_texts) / (time.perf_counter() - start)
+
+
+def size_measure(collection, query_texts, query_vectors, truth, options) -> dict:
+    """Latency per mode, full-text overlap with the exact peer, HNSW recall by ef_search, concurrency."""
     from django.conf import settings
 
     k = settings.RETRIEVAL_CANDIDATES
-    figures = plans_check(collection, query_texts[0], query_vectors[0], k=k)
-    dense, exact_found = dense_figures(collection, query_vectors, options, k=k)
-    figures.update(dense)
-    figures["ef_search_sweep"] = {}
-    sample = {"collection_id": collection.pk, "embedding": query_vectors[0].tolist(), "limit": 10}
-    for ef_search in options.ef_search_sweep:
-        found, seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up, ef_search=ef_search)
-        figures["ef_search_sweep"][str(ef_search)] = {
-            "recall_at_10": recall(found, exact_found, 10),
-            "uses_hnsw_index": "chunk_embedding_hnsw" in plan(DENSE_SQL, sample, k=10, ef_search=ef_search),
-            **latency_summary(seconds),
-        }
-    figures["chunk_search"] = {
-        mode: chunk_search_figures(collection, query_texts, query_vectors, exact_found, mode=mode, k=k,
-                                   warm_up=options.warm_up)
-        for mode in options.modes
-    }
+    figures = {}
+    for mode in ("dense", "fulltext", "hybrid"):
+        print(f"  chunk_search {mode}, k={k} ...", flush=True)
+        results, seconds = search_series(collection, query_texts, query_vectors, mode=mode, k=k, warm_up=options.warm_up)
+        figures[mode] = {**latency_summary(seconds), "results": results}
+    reference_count = min(options.reference_queries, len(query_texts))
+    print(f"  the peer: exact full text, {reference_count} queries ...", flush=True)
+    exact, exact_seconds = search_series(collection, query_texts[:reference_count], query_vectors, mode="fulltext",
+                                         k=k, warm_up=0, template=EXACT_SQL)
+    found = figures["fulltext"]["results"][:reference_count]
+    figures["fulltext_exact"] = {"queries": reference_count, **latency_summary(exact_seconds),
+                                 "top10_overlap": overlap(found, exact, 10), f"top{k}_overlap": overlap(found, exact, k)}
+    figures["hnsw_sweep"] = {}
+    sql = dense_sql(options)
+    for ef_search in sorted({max(settings.HNSW_EF_SEARCH, 10), *options.ef_search_sweep}):
+        hnsw_found, seconds = dense_series(collection, query_vectors, sql=sql, ef_search=ef_search, warm_up=options.warm_up)
+        figures["hnsw_sweep"][str(ef_search)] = {"recall_at_10": recall(hnsw_found, truth, 10), **latency_summary(seconds)}
+    print(f"  hybrid throughput, 1 and {options.concurrency} clients ...", flush=True)
+    one = throughput(collection, query_texts, query_vectors, clients=1, k=k)
+    many = throughput(collection, query_texts, query_vectors, clients=options.concurrency, k=k)
+    figures["throughput_per_second"] = {"1": round(one, 2), str(options.concurrency): round(many, 2)}
+    for mode in ("dense", "fulltext", "hybrid"):
+        del figures[mode]["results"]
     return figures
-
-
-def plans_check(collection, query_text: str, query_vector, *, k: int) -> dict:
-    """EXPLAIN the HNSW, exact and hybrid statements; record whether each uses the index it should."""
-    from ragapp.retrieval.selectors import search_query, search_statement
-
-    sample = {"collection_id": collection.pk, "embedding": query_vector.tolist(), "limit": 10}
-    plans = {
-        "hnsw": plan(DENSE_SQL, sample, k=10),
-        "exact": plan(DENSE_SQL, sample, k=10, exact=True),
-        "hybrid": plan(*search_statement(parsed=search_query(query_text), collection=collection, reader=None,
-                                         embedding=query_vector.tolist(), k=k, limit=k, mode="hybrid"), k=k),
-    }
-    return {
-        "plans_checked": {
-            "hnsw_uses_hnsw_index": "chunk_embedding_hnsw" in plans["hnsw"],
-            "exact_avoids_hnsw_index": "chunk_embedding_hnsw" not in plans["exact"],
-            "hybrid_uses_hnsw_index": "chunk_embedding_hnsw" in plans["hybrid"],
-            "hybrid_uses_gin_index": "chunk_search_vector_gin" in plans["hybrid"],
-        },
-        "plans": plans,
-    }
-
-
-def dense_figures(collection, query_vectors, options, *, k: int) -> tuple[dict, list[list[int]]]:
-    """Latency of HNSW top 10 against exact top 10 (the peer) and HNSW recall@10; also the exact top k ids."""
-    from django.conf import settings
-
-    print(f"  exact search (the peer), top 10 and top {k} ...", flush=True)
-    _, exact_seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up, exact=True)
-    exact_found, exact_k_seconds = dense_series(collection, query_vectors, limit=k, warm_up=0, exact=True)
-    print("  HNSW kNN ...", flush=True)
-    hnsw_found, hnsw_seconds = dense_series(collection, query_vectors, limit=10, warm_up=options.warm_up)
-    hnsw_summary, exact_summary = latency_summary(hnsw_seconds), latency_summary(exact_seconds)
-    figures = {
-        "hnsw_ef_search": max(settings.HNSW_EF_SEARCH, 10),
-        "dense_hnsw_top10": hnsw_summary,
-        "dense_exact_top10": exact_summary,
-        f"dense_exact_top{k}": latency_summary(exact_k_seconds),
-        "recall_at_10_hnsw_vs_exact": recall(hnsw_found, exact_found, 10),
-        "latency_ratio_exact_over_hnsw_p50": round(exact_summary["p50_ms"] / hnsw_summary["p50_ms"], 2),
-    }
-    return figures, exact_found
-
-
-def chunk_search_figures(collection, query_texts, query_vectors, exact_found, *, mode: str, k: int, warm_up: int) -> dict:
-    """Latency of chunk_search in one mode; for the dense mode also its recall@k against exact search."""
-    print(f"  chunk_search {mode}, k={k} ...", flush=True)
-    results, seconds = chunk_search_series(collection, query_texts, query_vectors, mode=mode, k=k, warm_up=warm_up)
-    figures = {"k": k, **latency_summary(seconds),
-               "candidates_mean": round(float(np.mean([len(candidates) for candidates in results])), 1)}
-    if mode == "dense":
-        found = [[candidate.chunk.pk for candidate in candidates] for candidates in results]
-        figures["recall_at_k_vs_exact"] = recall(found, exact_found, k)
-    return figures
-
-
-def query_embedding_latency(query_texts) -> dict:
-    """What chunk_search adds on top of the SQL: embedding one question with the model."""
-    from ragapp.documents.embedding import embed_query
-
-    seconds = []
-    for text in query_texts:
-        start = time.perf_counter()
-        embed_query(text)
-        seconds.append(time.perf_counter() - start)
-    return latency_summary(seconds)
 
 
 # ---- the run ----------------------------------------------------------------------------------
 
 def size_run(size: int, pool, query_texts, query_vectors, options, rng) -> dict:
+    from django.conf import settings
     from django.db import connection
 
-    pool_texts, pool_tokens, pool_vectors = pool
-    print(f"\n{size} chunks: building the collection ...", flush=True)
-    sources, vectors = synthetic_vectors(pool_vectors, size, options.noise, rng)
-    build = {}
+    print(f"\n{size} chunks: reading the corpus and making vectors ...", flush=True)
+    texts, tokens = corpus_texts(options.corpus, size)
+    vectors = synthetic_vectors(pool, size, options.noise, rng)
+    load = {}
+    start = time.perf_counter()
     with indexes_dropped() as definitions:
         bench_data_delete()
-        start = time.perf_counter()
-        collection = collection_load(size, pool_texts=pool_texts, pool_tokens=pool_tokens, sources=sources,
-                                     vectors=vectors, chunks_per_document=options.chunks_per_document)
-        build["load_seconds"] = time.perf_counter() - start
+        begun = time.perf_counter()
+        collection = collection_load(size, texts=texts, tokens=tokens, vectors=vectors, options=options)
+        load["copy_with_text_index_seconds"] = time.perf_counter() - begun
         print("  building the indexes ...", flush=True)
+        definitions["chunk_embedding_hnsw"] = hnsw_definition(definitions["chunk_embedding_hnsw"], options)
         index_seconds = indexes_create(definitions, maintenance_work_mem=options.maintenance_work_mem)
-        build["gin_index_seconds"] = index_seconds["chunk_search_vector_gin"]
-        build["hnsw_index_seconds"] = index_seconds["chunk_embedding_hnsw"]
-    start = time.perf_counter()
+        load["gin_index_seconds"] = index_seconds["chunk_search_vector_gin"]
+        load["hnsw_index_seconds"] = index_seconds["chunk_embedding_hnsw"]
+    begun = time.perf_counter()
     with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE documents_chunk")
-        cursor.execute("VACUUM ANALYZE documents_document")
-    build["vacuum_analyze_seconds"] = time.perf_counter() - start
-    figures = {
-        "chunks": size,
-        "build": {name: round(value, 2) for name, value in build.items()},
-        "sizes": table_sizes(),
-        "synthetic_cosine_to_source_mean": round(float(np.mean(np.sum(vectors * pool_vectors[sources], axis=1))), 4),
-        # How crowded the space is: real chunks' nearest other chunk, against the synthetic set's.
-        "nearest_neighbour_cosine_mean": {"pool": nearest_neighbour_cosine(pool_vectors, rng),
-                                          "synthetic": nearest_neighbour_cosine(vectors, rng)},
+        for table in ("documents_chunk", "documents_document", "documents_postingblock", "documents_collectionlexeme"):
+            cursor.execute(f"VACUUM ANALYZE {table}")
+    load["vacuum_analyze_seconds"] = time.perf_counter() - begun
+    load_seconds = time.perf_counter() - start
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM documents_chunk WHERE collection_id = %s ORDER BY id", [collection.pk])
+        chunk_ids = np.array([row[0] for row in cursor.fetchall()])
+    truth = exact_neighbours(vectors, query_vectors, chunk_ids, at=10)  # COPY kept the order: ids ascend with index
+    del texts, vectors
+    figures = size_measure(collection, query_texts, query_vectors, truth, options)
+    ef_search = str(max(settings.HNSW_EF_SEARCH, 10))
+    return {
+        "dense_p50_ms": figures["dense"]["p50_ms"], "dense_p95_ms": figures["dense"]["p95_ms"],
+        "fulltext_p50_ms": figures["fulltext"]["p50_ms"], "fulltext_p95_ms": figures["fulltext"]["p95_ms"],
+        "hybrid_p50_ms": figures["hybrid"]["p50_ms"], "hybrid_p95_ms": figures["hybrid"]["p95_ms"],
+        "hybrid_p95_over_dense_p95": round(figures["hybrid"]["p95_ms"] / figures["dense"]["p95_ms"], 2),
+        "fulltext_top10_overlap_vs_exact": figures["fulltext_exact"]["top10_overlap"],
+        "hnsw_recall_at_10": figures["hnsw_sweep"][ef_search]["recall_at_10"],
+        "load_seconds": round(load_seconds, 1),
+        "concurrency_8_speedup" if options.concurrency == 8 else f"concurrency_{options.concurrency}_speedup":
+            round(figures["throughput_per_second"][str(options.concurrency)] / figures["throughput_per_second"]["1"], 2),
+        "details": {
+            "load": {name: round(value, 1) for name, value in load.items()},
+            "sizes_mb": relation_sizes(),
+            "hnsw_ef_search": int(ef_search),
+            **figures,
+        },
     }
-    figures.update(size_measure(collection, query_texts, query_vectors, options))
-    return figures
 
 
-def summary_print(results: dict, embedding_latency: dict) -> None:
-    print("\nRetrieval (peer: exact search with index scans off); latencies in ms, SQL only (query pre-embedded)")
-    print(f"{'chunks':>8}{'HNSW build s':>14}{'HNSW p50':>10}{'p95':>8}{'exact p50':>11}{'p95':>8}"
-          f"{'ratio':>7}{'recall@10':>11}{'hybrid p50':>12}{'p95':>8}")
+def summary_print(results: dict) -> None:
+    print("\nchunk_search p50/p95 ms (SQL and rows; queries pre-embedded)")
+    print(f"{'chunks':>8}{'dense':>14}{'fulltext':>14}{'hybrid':>14}{'exact ft':>16}{'ft top10':>10}"
+          f"{'recall@10':>11}{'load s':>9}{'8 clients':>11}")
     for size, figures in results.items():
-        hnsw, exact = figures["dense_hnsw_top10"], figures["dense_exact_top10"]
-        hybrid = figures["chunk_search"].get("hybrid", {"p50_ms": math.nan, "p95_ms": math.nan})
-        print(f"{size:>8}{figures['build']['hnsw_index_seconds']:>14.1f}{hnsw['p50_ms']:>10.2f}{hnsw['p95_ms']:>8.2f}"
-              f"{exact['p50_ms']:>11.2f}{exact['p95_ms']:>8.2f}{figures['latency_ratio_exact_over_hnsw_p50']:>6.1f}x"
-              f"{figures['recall_at_10_hnsw_vs_exact']:>11.3f}{hybrid['p50_ms']:>12.2f}{hybrid['p95_ms']:>8.2f}")
-    for size, figures in results.items():
-        sweep = ", ".join(f"ef {ef}: {values['recall_at_10']:.3f} @ {values['p50_ms']:.2f} ms"
-                          + ("" if values["uses_hnsw_index"] else " (planner skipped HNSW: exact scan)")
-                          for ef, values in figures["ef_search_sweep"].items())
-        modes = ", ".join(f"{mode} {values['p50_ms']:.1f}/{values['p95_ms']:.1f}" for mode, values in figures["chunk_search"].items())
-        dense_recall = figures["chunk_search"].get("dense", {}).get("recall_at_k_vs_exact")
-        if modes:
-            print(f"  {size}: chunk_search p50/p95 ms: {modes}"
-                  + (f"; dense recall@k {dense_recall:.3f}" if dense_recall is not None else ""))
-        if sweep:
-            print(f"  {size}: recall@10 by ef_search: {sweep}")
-        checks = figures["plans_checked"]
-        if not all(checks.values()):
-            print(f"  {size}: WARNING, plans not as expected: {checks}")
-    print(f"  query embedding (not in the figures above): p50 {embedding_latency['p50_ms']:.1f} ms, "
-          f"p95 {embedding_latency['p95_ms']:.1f} ms")
+        exact = figures["details"]["fulltext_exact"]
+        print(f"{size:>8}{figures['dense_p50_ms']:>7.1f}/{figures['dense_p95_ms']:<6.1f}"
+              f"{figures['fulltext_p50_ms']:>7.1f}/{figures['fulltext_p95_ms']:<6.1f}"
+              f"{figures['hybrid_p50_ms']:>7.1f}/{figures['hybrid_p95_ms']:<6.1f}"
+              f"{exact['p50_ms']:>8.1f}/{exact['p95_ms']:<7.1f}{figures['fulltext_top10_overlap_vs_exact']:>10.4f}"
+              f"{figures['hnsw_recall_at_10']:>11.4f}{figures['load_seconds']:>9.0f}"
+              f"{[value for name, value in figures.items() if name.startswith('concurrency')][0]:>10.2f}x")
+        sweep = ", ".join(f"ef {ef}: {values['recall_at_10']:.3f} @ {values['p50_ms']:.1f}/{values['p95_ms']:.1f} ms"
+                          for ef, values in figures["details"]["hnsw_sweep"].items())
+        print(f"  {size}: HNSW recall@10 by ef_search: {sweep}")
 
 
 def main(argv=None) -> None:
@@ -529,7 +557,6 @@ def main(argv=None) -> None:
     pool = pool_load(folder, options.pool)
     query_texts = scifact_queries(folder, options.queries)
     query_vectors = embed_texts(query_texts)
-    embedding_latency = query_embedding_latency(query_texts)
     rng = np.random.default_rng(options.seed)
     results = {}
     try:
@@ -540,19 +567,19 @@ def main(argv=None) -> None:
             with indexes_dropped():
                 bench_data_delete()
     parameters = {
-        "sizes": options.sizes, "queries": len(query_texts), "pool": len(pool[0]), "noise": options.noise,
-        "chunks_per_document": options.chunks_per_document, "ef_search_sweep": options.ef_search_sweep,
-        "chunk_search_modes": options.modes,
+        "sizes": options.sizes, "corpus": str(options.corpus.relative_to(REPO_ROOT) if options.corpus.is_relative_to(REPO_ROOT) else options.corpus),
+        "queries": len(query_texts), "reference_queries": options.reference_queries, "pool": len(pool),
+        "noise": options.noise, "chunks_per_document": options.chunks_per_document, "copy_batch": options.batch,
+        "hnsw_build": options.hnsw or "the migration's (m=16, ef_construction=64)", "halfvec": options.halfvec,
+        "ef_search_sweep": options.ef_search_sweep, "concurrency": options.concurrency,
         "warm_up": options.warm_up, "seed": options.seed, "embedding_model": embedding_model_label(),
         "hnsw_ef_search_setting": settings.HNSW_EF_SEARCH, "retrieval_candidates": settings.RETRIEVAL_CANDIDATES,
         "index_build_maintenance_work_mem": options.maintenance_work_mem, "server_settings": server_settings(),
-        "peer": PEER,
-        "timing": "SQL only: latencies cover executing and fetching (chunk_search: the whole call, with "
-                  "embed_query answered from vectors computed beforehand); query embedding is reported apart.",
+        "peers": PEERS,
+        "timing": "chunk_search with vectors computed beforehand: executing the statement and building the results.",
     }
-    summary_print(results, embedding_latency)
-    path = results_write(options.output, parameters=parameters,
-                         figures={"query_embedding": embedding_latency, "sizes": results})
+    summary_print(results)
+    path = results_write(options.output, parameters=parameters, figures={"results": results})
     print(f"\nWrote {path}")
 
 

@@ -20,7 +20,7 @@ CHUNKS_SHOWN_ON_DOCUMENT_PAGE = 100
 class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "language", "document_count", "reranking_enabled", "created_at"]
     # Listed, so that the language keeps its place when it turns read-only.
-    fields = ["name", "slug", "language", "reranking_enabled", "rerank_fusion_weight", "readers", "reader_groups"]
+    fields = ["name", "slug", "language", "dense_weight", "reranking_enabled", "rerank_fusion_weight", "readers", "reader_groups"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["readers", "reader_groups"]
     search_fields = ["name"]

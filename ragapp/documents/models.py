@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Coalesce
 from pgvector.django import HnswIndex, VectorField
@@ -59,6 +60,12 @@ class Collection(models.Model):
         default=1.0,
         help_text="Weight of the reranker's ranking against the retrieval ranking when both are fused "
                   "(1 = reranker order alone). `manage.py evaluate --tune-fusion` picks it on known questions.",
+    )
+    dense_weight = models.FloatField(
+        default=0.5, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of the dense (embedding) side when retrieval fuses it with full text; 0.5 weighs both "
+                  "equally, 0 keeps full text's order alone. Lower it when the embedding model does not read the "
+                  "collection's language: `manage.py evaluate --tune-dense-weight` picks it on known questions.",
     )
     readers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="readable_collections")
     reader_groups = models.ManyToManyField("auth.Group", blank=True, related_name="readable_collections")

@@ -1,14 +1,17 @@
 -- Question -> candidate chunks of one collection, in one statement: HNSW kNN and BM25 full-text,
--- each side's own top k, fused by reciprocal rank: score = sum over sides of 1 / (rrf_k + rank),
+-- each side's own top k, fused by reciprocal rank: score = sum over sides of weight / (rrf_k + rank),
 -- so a chunk found by one side only still scores. Filled in by ragapp.retrieval.selectors: dollar
 -- placeholders are table names and the permission subquery, the others are values.
 --
--- The full-text side ranks by BM25 over chunks (PostgreSQL's ts_rank has no inverse document
--- frequency: SciFact nDCG@10 0.41 against 0.68). One pass over the chunks holding any query lexeme
--- (through the GIN index) gives everything: each chunk's tsvector is cut down to the query's lexemes
--- (setweight marks them, ts_filter keeps them), which yields term frequencies, and counting those
--- rows per lexeme yields document frequencies. A chunk's length is its number of distinct lexemes;
--- the collection's totals come from CollectionTextStatistics.
+-- The full-text side ranks by BM25 (PostgreSQL's ts_rank has no inverse document frequency: SciFact
+-- nDCG@10 0.41 against 0.68), exactly, without reading every chunk that holds a query word. It reads
+-- the collection's lexeme counts (CollectionLexeme) and posting blocks (PostingBlock), which triggers
+-- keep exact, and prunes with MaxScore: the k-th best score of a few chunks is a floor under the k-th
+-- best of all; the commonest lexemes, whose bounds add up to less than the floor, cannot bring a chunk
+-- holding only them into the top k, so only chunks holding one of the other, "essential", lexemes are
+-- ranked. A chunk's length is its number of distinct lexemes; the collection's totals come from
+-- CollectionTextStatistics. bench/hybrid_search_exact.sql is the statement this replaced, which scored
+-- every matching chunk: the benchmark's and the tests' reference.
 -- Ranked chunks must match the question's words as websearch_to_tsquery reads them (quoted phrases
 -- stay phrases), ORed: a natural-language question rarely has every word in one passage. A chunk
 -- holding a word or phrase the question excludes (-word, see query_syntax) is ruled out on both
@@ -22,6 +25,9 @@ WITH permitted (id) AS (
 query AS NOT MATERIALIZED (
     -- Inlined where it is used (twice), so the planner sees constant tsqueries and can size them.
     SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(matched_text)s)::text, ' & ', ' | ')::tsquery AS terms,
+           -- The same with each phrase's words ANDed: what a chunk's lexemes must satisfy, positions aside.
+           regexp_replace(replace(websearch_to_tsquery(%(language)s::regconfig, %(matched_text)s)::text, ' & ', ' | '),
+                          '<(-|[0-9]+)>', '&', 'g')::tsquery AS unordered_terms,
            replace(plainto_tsquery(%(language)s::regconfig, %(scored_text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
            tsvector_to_array(to_tsvector(%(language)s::regconfig, %(scored_text)s)) AS lexemes,
            -- One query per excluded word or phrase: its own words stay ANDed (a segmented
@@ -48,10 +54,13 @@ statistics AS (
     WHERE collection_id = (SELECT id FROM permitted) AND %(fulltext_k)s > 0
 ),
 weights AS MATERIALIZED (
-    -- Each query lexeme some chunk of the collection holds, with its inverse document frequency and
-    -- the most it can add to one chunk's score: its share at its largest frequency, in a chunk of length 0.
+    -- Each query lexeme some chunk holds: its inverse document frequency; its bound, the most it can add
+    -- to one chunk's score (its share at its largest frequency, in a chunk of length 0); and whether a
+    -- chunk holding it matches the question whatever else it holds ("alone": not so for a word of a
+    -- phrase, since a lone lexeme without positions never matches a phrase).
     SELECT lexeme.lexeme, lexeme.chunk_count, idf.value AS idf,
-           bm25_term(lexeme.max_frequency, 0, idf.value, statistics.mean_length, %(k1)s, %(b)s) AS bound
+           bm25_term(lexeme.max_frequency, 0, idf.value, statistics.mean_length, %(k1)s, %(b)s) AS bound,
+           array_to_tsvector(ARRAY[lexeme.lexeme]) @@ (SELECT terms FROM query) AS alone
     FROM $lexeme_table AS lexeme
          CROSS JOIN statistics
          CROSS JOIN LATERAL (SELECT ln(1 + (statistics.chunks - lexeme.chunk_count + 0.5) / (lexeme.chunk_count + 0.5)) AS value) AS idf
@@ -59,7 +68,7 @@ weights AS MATERIALIZED (
       AND lexeme.lexeme = ANY ((SELECT lexemes FROM query)::text[])
 ),
 ordered_weights AS MATERIALIZED (
-    SELECT lexeme, idf,
+    SELECT lexeme, idf, alone,
            sum(chunk_count) OVER (ORDER BY chunk_count, lexeme) - chunk_count AS rarer_postings,
            sum(bound) OVER (ORDER BY bound, lexeme) AS bound_so_far  -- this lexeme's and every smaller bound's
     FROM weights
@@ -67,73 +76,94 @@ ordered_weights AS MATERIALIZED (
 lexeme_weights AS (
     SELECT array_agg(lexeme) AS lexemes, array_agg(idf) AS idfs FROM weights
 ),
--- Exact top k without scoring every chunk that holds a query word (MaxScore): the k-th best score of a
--- few chunks is a floor for the k-th best of all. Lexemes whose bounds add up to less than that floor
--- cannot lift a chunk holding only them into the top k, so only chunks holding one of the other,
--- "essential", lexemes are candidates, and only their postings are read.
 seed AS (
-    -- The chunks holding the rarest lexemes, about 2k postings: the first floor.
-    SELECT DISTINCT posting.chunk_id AS id
-    FROM ordered_weights
-         JOIN $posting_table AS block
-              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = ordered_weights.lexeme
-         CROSS JOIN LATERAL unnest(block.chunk_ids) AS posting (chunk_id)
-    WHERE ordered_weights.rarer_postings < 2 * %(fulltext_k)s
+    -- The first 2k postings of the rarest lexemes (a rare lexeme weighs most): their chunks' exact
+    -- scores give the first floor.
+    SELECT array_agg(DISTINCT rarest.chunk_id) AS ids
+    FROM (SELECT posting.chunk_id
+          FROM ordered_weights
+               JOIN $posting_table AS block
+                    ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = ordered_weights.lexeme
+               CROSS JOIN LATERAL unnest(block.chunk_ids) AS posting (chunk_id)
+          WHERE ordered_weights.rarer_postings < 2 * %(fulltext_k)s
+          ORDER BY ordered_weights.rarer_postings
+          LIMIT 2 * %(fulltext_k)s) AS rarest
 ),
 seed_floor AS (
-    SELECT coalesce(min(score), 0) AS score
-    FROM (SELECT bm25_chunk(chunk.search_vector, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length, %(k1)s, %(b)s) AS score
-          FROM seed
-               JOIN $chunk_table AS chunk ON chunk.id = seed.id
-               CROSS JOIN query CROSS JOIN lexeme_weights CROSS JOIN statistics
-          WHERE chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded))
-          ORDER BY score DESC
+    SELECT coalesce(min(best.score), 0) AS score
+    FROM (SELECT scored.score
+          FROM seed CROSS JOIN lexeme_weights CROSS JOIN statistics CROSS JOIN query
+               CROSS JOIN LATERAL bm25_chunks(seed.ids, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length,
+                                              %(k1)s, %(b)s, query.terms, query.excluded, %(excluding)s) AS scored
+          ORDER BY scored.score DESC
           LIMIT %(fulltext_k)s) AS best
     HAVING count(*) = %(fulltext_k)s
 ),
-essential AS (
-    SELECT lexeme, idf FROM ordered_weights WHERE bound_so_far >= (SELECT coalesce(max(score), 0) FROM seed_floor)
+split_weights AS MATERIALIZED (
+    SELECT lexeme, idf, alone, bound_so_far >= (SELECT coalesce(max(score), 0) FROM seed_floor) AS essential
+    FROM ordered_weights
 ),
 optional_bound AS (
-    -- The most the non-essential lexemes can add together.
-    SELECT coalesce(max(bound_so_far), 0) AS score
-    FROM ordered_weights WHERE bound_so_far < (SELECT coalesce(max(score), 0) FROM seed_floor)
+    -- The most the optional (non-essential) lexemes can add together.
+    SELECT coalesce(max(ordered_weights.bound_so_far), 0) AS score
+    FROM ordered_weights JOIN split_weights USING (lexeme)
+    WHERE NOT split_weights.essential
 ),
 partial AS MATERIALIZED (
-    -- Every chunk holding an essential lexeme, with the essential lexemes' share of its score.
+    -- Every chunk holding an essential lexeme, with those lexemes' share of its score, and whether one
+    -- of them matches the question alone.
     SELECT posting.chunk_id AS id,
-           sum(bm25_term(posting.frequency, posting.length, essential.idf, statistics.mean_length, %(k1)s, %(b)s)) AS score
-    FROM essential
+           sum(bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s)) AS score,
+           bool_or(split_weights.alone) AS matches, array_agg(split_weights.lexeme) AS lexemes
+    FROM split_weights
          JOIN $posting_table AS block
-              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = essential.lexeme
+              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
          CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
          CROSS JOIN statistics
+    WHERE split_weights.essential
     GROUP BY posting.chunk_id
 ),
-partial_floor AS (
-    -- A higher floor, when the k best partial scores belong to chunks the question matches (their full
-    -- scores are at least as high).
-    SELECT coalesce(min(best.score), 0) AS score
-    FROM (SELECT top_partial.score
-          FROM (SELECT id, score FROM partial ORDER BY score DESC LIMIT 2 * %(fulltext_k)s) AS top_partial
-               JOIN $chunk_table AS chunk ON chunk.id = top_partial.id
-               CROSS JOIN query
-          WHERE chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded))
-          ORDER BY top_partial.score DESC
-          LIMIT %(fulltext_k)s) AS best
-    HAVING count(*) = %(fulltext_k)s
+floor AS (
+    -- A higher floor, when k chunks surely matched by the question (and no exclusion to rule them out)
+    -- reach it with their partial scores alone.
+    SELECT greatest((SELECT max(score) FROM seed_floor),
+                    (SELECT min(best.score)
+                     FROM (SELECT score FROM partial WHERE matches AND NOT %(excluding)s
+                           ORDER BY score DESC LIMIT %(fulltext_k)s) AS best
+                     HAVING count(*) = %(fulltext_k)s),
+                    0) AS score
 ),
-candidates AS (
-    SELECT partial.id
+candidates AS MATERIALIZED (
+    SELECT partial.id, partial.score, partial.matches, partial.lexemes
     FROM partial CROSS JOIN optional_bound
-    WHERE partial.score + optional_bound.score + 1e-9 >= greatest((SELECT max(score) FROM seed_floor), (SELECT max(score) FROM partial_floor), 0)
+    WHERE partial.score + optional_bound.score + 1e-9 >= (SELECT score FROM floor)
+),
+optional_shares AS (
+    -- What the optional lexemes add to the candidates: their postings read through, kept for candidates only.
+    SELECT posting.chunk_id AS id,
+           sum(bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s)) AS score,
+           bool_or(split_weights.alone) AS matches, array_agg(split_weights.lexeme) AS lexemes
+    FROM split_weights
+         JOIN $posting_table AS block
+              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
+         CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
+         CROSS JOIN statistics
+    WHERE NOT split_weights.essential AND posting.chunk_id IN (SELECT id FROM candidates)
+    GROUP BY posting.chunk_id
 ),
 bm25 AS (
-    SELECT chunk.id, bm25_chunk(chunk.search_vector, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length, %(k1)s, %(b)s) AS score
-    FROM candidates
-         JOIN $chunk_table AS chunk ON chunk.id = candidates.id
-         CROSS JOIN query CROSS JOIN lexeme_weights CROSS JOIN statistics
-    WHERE chunk.search_vector @@ query.terms AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded))
+    -- Exact scores of the chunks the question matches. A chunk holding a lexeme that matches alone
+    -- does; any other, or any chunk when words are excluded, is checked against the question itself,
+    -- unless its lexemes cannot satisfy it even out of order.
+    SELECT candidates.id, candidates.score + coalesce(optional_shares.score, 0) AS score
+    FROM candidates LEFT JOIN optional_shares USING (id) CROSS JOIN query
+    WHERE CASE WHEN NOT %(excluding)s AND (candidates.matches OR coalesce(optional_shares.matches, false)) THEN true
+               WHEN NOT array_to_tsvector(candidates.lexemes || coalesce(optional_shares.lexemes, '{}')) @@ query.unordered_terms
+                   THEN false
+               ELSE EXISTS (SELECT 1 FROM $chunk_table AS chunk
+                            WHERE chunk.id = candidates.id AND chunk.search_vector @@ query.terms
+                              AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded)))
+          END
 ),
 fulltext AS (
     SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM bm25
@@ -142,7 +172,10 @@ fulltext AS (
 ),
 fused AS (
     SELECT coalesce(dense.id, fulltext.id) AS id, dense.rank AS dense_rank, fulltext.rank AS fulltext_rank,
-           coalesce(1.0 / (%(rrf_k)s + dense.rank), 0) + coalesce(1.0 / (%(rrf_k)s + fulltext.rank), 0) AS score
+           -- Each side weighted by its share (the collection's dense_weight), doubled: at the default 0.5 this is
+           -- the plain sum of reciprocal ranks.
+           2 * (%(dense_weight)s * coalesce(1.0 / (%(rrf_k)s + dense.rank), 0)
+                + (1 - %(dense_weight)s) * coalesce(1.0 / (%(rrf_k)s + fulltext.rank), 0)) AS score
     FROM dense FULL OUTER JOIN fulltext ON dense.id = fulltext.id
 )
 SELECT chunk.id, chunk.ordinal, chunk.text, chunk.page, chunk.heading_path, chunk.char_start, chunk.char_end,

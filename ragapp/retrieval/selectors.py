@@ -41,7 +41,8 @@ HYBRID_SQL = Template((Path(__file__).parent / "hybrid_search.sql").read_text())
 
 
 def chunk_search(*, query: str, collection: Collection, reader, k: int | None = None, limit: int | None = None,
-                 mode: str = "hybrid", embedding: Sequence[float] | None = None) -> list[Candidate]:
+                 mode: str = "hybrid", embedding: Sequence[float] | None = None,
+                 dense_weight: float | None = None) -> list[Candidate]:
     """Return up to `limit` candidates for `query` in `collection`, best first.
 
     `reader` is the user asking: nothing comes back unless `collection_readable_by` lets them read
@@ -50,13 +51,14 @@ def chunk_search(*, query: str, collection: Collection, reader, k: int | None = 
     `mode` picks one side alone ("dense", "fulltext") or both fused ("hybrid"). `-word` and
     `-"a phrase"` in `query` rule out the chunks holding them (query_syntax). `embedding` is the
     query's vector when the caller has it; otherwise the dense side embeds the query here.
+    `dense_weight` (default: the collection's) is the dense side's share in the fusion.
     """
     k = k or settings.RETRIEVAL_CANDIDATES
     parsed = search_query(query)
     if mode != "fulltext" and embedding is None:
         embedding = embed_query(parsed.embedded_text).tolist()
     statement = search_statement(parsed=parsed, collection=collection, reader=reader, embedding=embedding,
-                                 k=k, limit=limit or k, mode=mode)
+                                 k=k, limit=limit or k, mode=mode, dense_weight=dense_weight)
     if statement is None:
         return []
     with transaction.atomic(), connection.cursor() as cursor:
@@ -71,7 +73,8 @@ def search_query(text: str) -> SearchQuery:
 
 
 def search_statement(*, parsed: SearchQuery, collection: Collection, reader, embedding: Sequence[float] | None,
-                     k: int, limit: int, mode: str, template: Template = HYBRID_SQL) -> tuple[str, dict] | None:
+                     k: int, limit: int, mode: str, template: Template = HYBRID_SQL,
+                     dense_weight: float | None = None) -> tuple[str, dict] | None:
     """`template` (HYBRID_SQL) filled in for one search, and its values; None when the reader may read nothing at all.
 
     The permission subquery is `collection_readable_by` compiled by the ORM; a side that `mode`
@@ -105,6 +108,7 @@ def search_statement(*, parsed: SearchQuery, collection: Collection, reader, emb
         "dense_k": k if use_dense else 0,
         "fulltext_k": k if use_fulltext else 0,
         "rrf_k": settings.RRF_K,
+        "dense_weight": collection.dense_weight if dense_weight is None else dense_weight,
         "k1": BM25_K1,
         "b": BM25_B,
         "limit": limit,

@@ -241,13 +241,17 @@ def _corpus_entry_ingest(collection: Collection, entry: CorpusEntry) -> None:
         document_ingest(document=document)
 
 
-def search_ranker(mode: str) -> Ranker:
-    """Rank documents by their best chunk in `chunk_search` (mode dense, fulltext or hybrid)."""
+def search_ranker(mode: str, *, dense_weight: float | None = None) -> Ranker:
+    """Rank documents by their best chunk in `chunk_search` (mode dense, fulltext or hybrid).
+
+    `dense_weight`: the dense side's share in hybrid's fusion (default: the collection's).
+    """
 
     def rank(*, query: str, collection: Collection, depth: int) -> list[int]:
         # depth candidates per side; the limit keeps the whole fused list (both sides' chunks),
         # so that several chunks of one document still leave up to `depth` distinct documents.
-        candidates = chunk_search(query=query, collection=collection, reader=None, k=depth, limit=2 * depth, mode=mode)
+        candidates = chunk_search(query=query, collection=collection, reader=None, k=depth, limit=2 * depth, mode=mode,
+                                  dense_weight=dense_weight)
         return ranked_documents((candidate.chunk.document.id for candidate in candidates), depth=depth)
 
     return rank
@@ -267,7 +271,7 @@ def ranked_documents(document_ids: Iterable[int], *, depth: int) -> list[int]:
 DOCUMENT_RANKERS: dict[str, Ranker] = {mode: search_ranker(mode) for mode in ("dense", "fulltext", "hybrid")}
 # Modes that also need a reranker: its order alone, and its order fused with retrieval's.
 RERANK_MODES = ("rerank", "hybrid+rerank")
-FUSION_WEIGHTS = tuple(round(0.1 * step, 1) for step in range(11))  # what --tune-fusion tries
+FUSION_WEIGHTS = tuple(round(0.1 * step, 1) for step in range(11))  # what --tune-fusion and --tune-dense-weight try
 
 # The reranker's relevance of each passage to the query, in passage order.
 PassageScorer = Callable[[str, list[str]], list[float]]
@@ -387,18 +391,32 @@ def rerank_rankers(reranked: RerankedCandidates, *, fusion_weight: float) -> dic
 @dataclass(frozen=True)
 class FusionTuning:
     weight: float
-    ndcg_by_weight: dict[float, float]  # nDCG@10 of hybrid+rerank on the tuning queries at each weight
+    ndcg_by_weight: dict[float, float]  # nDCG@10 of the tuned mode on the tuning queries at each weight
 
 
 def fusion_weight_tune(*, dataset: BeirDataset, collection: Collection, reranked: RerankedCandidates,
                        weights: Iterable[float] = FUSION_WEIGHTS) -> FusionTuning:
-    """Pick the fusion weight with the best nDCG@10 on the dataset's queries (ties: the larger weight)."""
+    """Pick the reranker's fusion weight with the best hybrid+rerank nDCG@10 on the dataset's queries (ties: the larger)."""
+    return _weight_tune(dataset=dataset, collection=collection, ranker_at=reranked.ranker, weights=weights,
+                        preference=lambda weight: weight)
+
+
+def dense_weight_tune(*, dataset: BeirDataset, collection: Collection,
+                      weights: Iterable[float] = FUSION_WEIGHTS) -> FusionTuning:
+    """Pick the dense side's share with the best hybrid nDCG@10 on the dataset's queries (ties: the nearest to 0.5)."""
+    return _weight_tune(dataset=dataset, collection=collection,
+                        ranker_at=lambda weight: search_ranker("hybrid", dense_weight=weight), weights=weights,
+                        preference=lambda weight: -abs(weight - 0.5))
+
+
+def _weight_tune(*, dataset: BeirDataset, collection: Collection, ranker_at: Callable[[float], Ranker],
+                 weights: Iterable[float], preference: Callable[[float], float]) -> FusionTuning:
     ndcg = {
-        weight: retrieval_evaluate(dataset=dataset, collection=collection, rankers={"tune": reranked.ranker(weight)},
+        weight: retrieval_evaluate(dataset=dataset, collection=collection, rankers={"tune": ranker_at(weight)},
                                    progress=False)["tune"].metrics["nDCG@10"]
         for weight in weights
     }
-    best = max(ndcg, key=lambda weight: (ndcg[weight], weight))
+    best = max(ndcg, key=lambda weight: (ndcg[weight], preference(weight)))
     return FusionTuning(weight=best, ndcg_by_weight=ndcg)
 
 

@@ -78,16 +78,20 @@ def _scores(collection, question: str, chunk_ids: list[int]) -> dict[int, float]
     """BM25 of the chunks for the question, from the collection's lexeme counts."""
     with connection.cursor() as cursor:
         cursor.execute("""
-            SELECT chunk.id, bm25_chunk(chunk.search_vector, weights.lexemes, weights.idfs, statistics.lexeme_count::float8 / statistics.chunk_count, 0.9, 0.4)
-            FROM documents_chunk AS chunk
-                 JOIN documents_collectiontextstatistics AS statistics ON statistics.collection_id = chunk.collection_id
+            SELECT scored.id, scored.score
+            FROM documents_collectiontextstatistics AS statistics
                  CROSS JOIN LATERAL (
                      SELECT array_agg(lexeme.lexeme) AS lexemes,
                             array_agg(ln(1 + (statistics.chunk_count - lexeme.chunk_count + 0.5) / (lexeme.chunk_count + 0.5))) AS idfs
                      FROM documents_collectionlexeme AS lexeme
-                     WHERE lexeme.collection_id = chunk.collection_id
-                       AND lexeme.lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))) AS weights
-            WHERE chunk.id = ANY (%s)""", [search_query(question).scored_text, chunk_ids])
+                     WHERE lexeme.collection_id = statistics.collection_id
+                       AND lexeme.lexeme = ANY (tsvector_to_array(to_tsvector('english', %(text)s)))) AS weights
+                 CROSS JOIN LATERAL bm25_chunks(%(ids)s, weights.lexemes, weights.idfs,
+                                                statistics.lexeme_count::float8 / statistics.chunk_count, 0.9, 0.4,
+                                                replace(websearch_to_tsquery('english', %(matched)s)::text, ' & ', ' | ')::tsquery,
+                                                ARRAY[]::tsquery[], false) AS scored
+            WHERE statistics.collection_id = %(collection)s""",
+                       {"text": search_query(question).scored_text, "matched": search_query(question).matched_text, "ids": chunk_ids, "collection": collection.pk})
         return dict(cursor.fetchall())
 
 

@@ -225,7 +225,8 @@ def test_help_explains_every_option():
 
     parser = Command().create_parser("manage.py", "evaluate")
     names = {"dataset", "split", "modes", "json_path", "queries_path", "limit_queries", "language", "reranker_url",
-             "reranker_model", "reranker_backend", "tune_fusion", "fusion_weight", "reranker_scores", "export_pairs"}
+             "reranker_model", "reranker_backend", "tune_fusion", "fusion_weight", "reranker_scores", "export_pairs",
+             "tune_dense_weight"}
     options = [action for action in parser._actions if action.dest in names]
     assert len(options) == len(names)
     assert all(action.help for action in options)
@@ -264,6 +265,26 @@ def test_tune_fusion_saves_the_best_weight_on_the_collection(tinyset, tmp_path, 
     assert Collection.objects.get(name="beir-tinyset").rerank_fusion_weight == results["fusion_weight"]
     later = evaluate(tinyset, "train", "--mode", "hybrid+rerank", "--reranker-model", reranker_path, tmp_path=tmp_path)
     assert later["fusion_weight"] == results["fusion_weight"]
+
+
+def test_tune_dense_weight_saves_the_best_hybrid_weight_and_later_runs_use_it(chineseset, tmp_path):
+    results = evaluate(chineseset, "dev", "--mode", "fulltext", "--mode", "hybrid", "--tune-dense-weight", tmp_path=tmp_path)
+    sweep = {float(weight): ndcg for weight, ndcg in results["dense_weight_tuning"].items()}
+    assert sorted(sweep) == [round(0.1 * step, 1) for step in range(11)]
+    assert sweep[results["dense_weight"]] == max(sweep.values())
+    assert results["metrics"]["hybrid"]["nDCG@10"] == pytest.approx(max(sweep.values()))
+    collection = Collection.objects.get(name="beir-chineseset")
+    assert collection.dense_weight == results["dense_weight"]
+    later = evaluate(chineseset, "dev", "--mode", "hybrid", tmp_path=tmp_path)
+    assert later["dense_weight"] == results["dense_weight"] and later["metrics"] == {"hybrid": results["metrics"]["hybrid"]}
+
+
+def test_dense_weight_zero_ranks_full_text_first_so_hybrid_is_never_below_it(chineseset, tmp_path):
+    evaluate(chineseset, "dev", "--mode", "fulltext", tmp_path=tmp_path)
+    Collection.objects.filter(name="beir-chineseset").update(dense_weight=0.0)
+    results = evaluate(chineseset, "dev", "--mode", "fulltext", "--mode", "hybrid", tmp_path=tmp_path)
+    fulltext, hybrid = results["metrics"]["fulltext"], results["metrics"]["hybrid"]
+    assert all(hybrid[measure] >= fulltext[measure] for measure in ("nDCG@10", "R@10", "R@100"))
 
 
 def test_a_worker_over_http_gives_the_same_rankings_as_the_model_in_process(tinyset, tmp_path, reranker_path):

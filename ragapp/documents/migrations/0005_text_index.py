@@ -126,21 +126,27 @@ CREATE TRIGGER documents_chunk_text_index_update AFTER UPDATE ON documents_chunk
 BACKFILL = add(None, source="documents_chunk")
 
 # BM25 in one place for full-text search (retrieval/hybrid_search.sql): one lexeme's share of a
-# chunk's score, and a chunk's whole score over the query lexemes it holds. A chunk's length is its
-# number of distinct lexemes; a frequency is the lexeme's number of positions in it.
+# chunk's score, and the whole scores of the chunks `ids` the question matches (`terms`, and none of
+# `excluded` when `excluding`), over the query lexemes they hold. A chunk's length is its number of
+# distinct lexemes; a frequency is the lexeme's number of positions in it. Both are plain SQL bodies,
+# so the planner inlines them (a function call per chunk costs 4 times the scoring).
 SCORE_FUNCTIONS = """
 CREATE FUNCTION bm25_term(frequency float8, length float8, idf float8, mean_length float8, k1 float8, b float8)
-RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN idf * frequency * (k1 + 1) / (frequency + k1 * (1 - b + b * length / mean_length));
+RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT idf * frequency * (k1 + 1) / (frequency + k1 * (1 - b + b * length / mean_length))
+$$;
 
-CREATE FUNCTION bm25_chunk(search_vector tsvector, lexemes text[], idfs float8[], mean_length float8, k1 float8, b float8)
-RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT coalesce(sum(bm25_term(coalesce(array_length(entry.positions, 1), 1), length(search_vector),
-                                  weight.idf, mean_length, k1, b)), 0)
-    FROM unnest(ts_filter(setweight(search_vector, 'A', lexemes), '{a}')) AS entry
-         JOIN unnest(lexemes, idfs) AS weight (lexeme, idf) ON weight.lexeme = entry.lexeme;
-END;
+CREATE FUNCTION bm25_chunks(ids bigint[], lexemes text[], idfs float8[], mean_length float8, k1 float8, b float8,
+                            terms tsquery, excluded tsquery[], excluding boolean)
+RETURNS TABLE (id bigint, score float8) LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT chunk.id, sum(bm25_term(coalesce(array_length(entry.positions, 1), 1), length(chunk.search_vector),
+                                   weight.idf, mean_length, k1, b))
+    FROM documents_chunk AS chunk
+         CROSS JOIN LATERAL unnest(ts_filter(setweight(chunk.search_vector, 'A', lexemes), '{a}')) AS entry
+         JOIN unnest(lexemes, idfs) AS weight (lexeme, idf) ON weight.lexeme = entry.lexeme
+    WHERE chunk.id = ANY (ids) AND chunk.search_vector @@ terms AND NOT (excluding AND chunk.search_vector @@ ANY (excluded))
+    GROUP BY chunk.id
+$$;
 """
 
 DROP = """
@@ -148,7 +154,7 @@ DROP TRIGGER documents_chunk_text_index_insert ON documents_chunk;
 DROP TRIGGER documents_chunk_text_index_delete ON documents_chunk;
 DROP TRIGGER documents_chunk_text_index_update ON documents_chunk;
 DROP FUNCTION documents_chunk_text_index_apply();
-DROP FUNCTION bm25_chunk(tsvector, text[], float8[], float8, float8, float8);
+DROP FUNCTION bm25_chunks(bigint[], text[], float8[], float8, float8, float8, tsquery, tsquery[], boolean);
 DROP FUNCTION bm25_term(float8, float8, float8, float8, float8, float8);
 """
 

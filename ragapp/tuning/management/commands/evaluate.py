@@ -61,6 +61,11 @@ class Command(BaseCommand):
                             help="Before evaluating, try fusion weights 0, 0.1, ..., 1 on the evaluated queries, keep the one "
                                  "with the best hybrid+rerank nDCG@10 and save it as the collection's fusion weight. "
                                  "Tune on training queries (--queries), then evaluate held-out ones in a second run.")
+        parser.add_argument("--tune-dense-weight", action="store_true",
+                            help="Before evaluating, try dense weights 0, 0.1, ..., 1 (the dense side's share in hybrid's "
+                                 "fusion) on the evaluated queries, keep the one with the best hybrid nDCG@10 and save it "
+                                 "as the collection's dense weight. For an embedding model that does not read the "
+                                 "collection's language. Tune on training queries (--queries), then evaluate held-out ones.")
         parser.add_argument("--fusion-weight", type=float, metavar="W",
                             help="Use this fusion weight (0..1) for hybrid+rerank in this run instead of the collection's.")
         parser.add_argument("--json", type=Path, dest="json_path", metavar="FILE",
@@ -97,6 +102,7 @@ class Command(BaseCommand):
                 pairs = evaluation.pairs_export(dataset=data, collection=load.collection, path=options["export_pairs"])
                 self.stdout.write(f"Wrote {pairs} pairs of {len(data.queries)} queries to {options['export_pairs']}.")
                 return
+            dense_tuning = self._dense_weight_tune(data, load.collection) if options["tune_dense_weight"] else {}
             rankers, reranking = self._rankers(modes, data, load.collection, options)
             results = evaluation.retrieval_evaluate(dataset=data, collection=load.collection, rankers=rankers)
         except evaluation.EvaluationError as error:
@@ -105,7 +111,7 @@ class Command(BaseCommand):
         if {"rerank", "hybrid+rerank"} <= set(results):
             self.stdout.write("(hybrid+rerank reuses the reranker scores computed for rerank: its ms/query leaves them out.)")
         if json_path:
-            record = {**results_json(data, split, load, results), **reranking}
+            record = {**results_json(data, split, load, results), **dense_tuning, **reranking}
             json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             self.stdout.write(f"Wrote {json_path}")
 
@@ -131,6 +137,15 @@ class Command(BaseCommand):
         if tuning:
             record["fusion_tuning"] = {f"{w:g}": ndcg for w, ndcg in tuning.ndcg_by_weight.items()}
         return dict(sorted(rankers.items(), key=lambda item: modes.index(item[0]))), record
+
+    def _dense_weight_tune(self, data, collection) -> dict:
+        tuning = evaluation.dense_weight_tune(dataset=data, collection=collection)
+        collection.dense_weight = tuning.weight
+        collection.save(update_fields=["dense_weight"])
+        sweep = ", ".join(f"{weight:g}: {ndcg:.4f}" for weight, ndcg in tuning.ndcg_by_weight.items())
+        self.stdout.write(f"Dense weight tuned on these {len(data.queries)} queries (hybrid nDCG@10 by weight: {sweep}). "
+                          f"Saved {tuning.weight:g} as the dense weight of {collection.name}.")
+        return {"dense_weight_tuning": {f"{weight:g}": ndcg for weight, ndcg in tuning.ndcg_by_weight.items()}}
 
     def _scorer(self, options) -> tuple[evaluation.PassageScorer, str]:
         if options["reranker_scores"]:
@@ -184,6 +199,7 @@ def results_json(data: evaluation.BeirDataset, split: str, load: evaluation.Coll
         "split": split,
         "collection": load.collection.name,
         "language": load.collection.language,
+        "dense_weight": load.collection.dense_weight,
         "modes": list(results),
         "metrics": {mode: result.metrics for mode, result in results.items()},
         "counts": {
