@@ -79,7 +79,7 @@ def _search_after_orm_check(query, vector, collection, reader) -> list[int]:
     from django.db import connection, transaction
 
     from ragapp.documents.selectors import collection_readable_by
-    from ragapp.retrieval.selectors import hnsw_scan_configure, search_query, search_statement
+    from ragapp.retrieval.selectors import search_session_configure, search_query, search_statement
 
     if not collection_readable_by(user=reader).filter(pk=collection.pk).exists():
         return []
@@ -87,7 +87,7 @@ def _search_after_orm_check(query, vector, collection, reader) -> list[int]:
     statement, params = search_statement(parsed=search_query(query), collection=collection, reader=None,
                                          embedding=vector, k=100, limit=100, mode="hybrid")
     with transaction.atomic(), connection.cursor() as cursor:
-        hnsw_scan_configure(cursor, k=100)
+        search_session_configure(cursor, k=100)
         cursor.execute(statement, params)
         return [row[0] for row in cursor.fetchall()]
 

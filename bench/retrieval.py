@@ -40,9 +40,12 @@ from corpus import corpus_read
 COLLECTION_PREFIX = "bench-"  # every collection named so is benchmark data and may be deleted
 INDEX_NAMES = ("chunk_embedding_hnsw", "chunk_search_vector_gin")
 EXACT_SQL = Template((Path(__file__).parent / "hybrid_search_exact.sql").read_text())
+# The alternative without MaxScore: every posting of every query lexeme is read and summed (term at a time).
+PRUNING = "bound_so_far >= (SELECT coalesce(max(score), 0) FROM seed_floor) AS essential"
 PEERS = {
     "fulltext": "the exact BM25 statement the postings replaced (bench/hybrid_search_exact.sql): every chunk "
                 "holding a query word is scored",
+    "fulltext_unpruned": "the same postings read whole: every posting of every query lexeme scored (no MaxScore)",
     "hnsw": "exact nearest neighbours by cosine, numpy over the loaded vectors",
     "concurrency": "the same hybrid searches from one client",
 }
@@ -365,13 +368,13 @@ def dense_series(collection, query_vectors, *, sql: str, ef_search: int, warm_up
     """Run the kNN statement through HNSW at `ef_search` once per query; return the ids found and the seconds."""
     from django.db import connection, transaction
 
-    from ragapp.retrieval.selectors import hnsw_scan_configure
+    from ragapp.retrieval.selectors import search_session_configure
 
     found, seconds = [], []
     for index in range(-min(warm_up, len(query_vectors)), len(query_vectors)):
         params = {"collection_id": collection.pk, "embedding": query_vectors[index].tolist(), "limit": 10}
         with transaction.atomic(), connection.cursor() as cursor:
-            hnsw_scan_configure(cursor, k=10)
+            search_session_configure(cursor, k=10)
             cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
             start = time.perf_counter()
             cursor.execute(sql, params)
@@ -404,7 +407,7 @@ def search_series(collection, query_texts, query_vectors, *, mode: str, k: int, 
 def search_ids(collection, query_text: str, query_vector, *, mode: str, k: int, template=None) -> list[int]:
     from django.db import connection, transaction
 
-    from ragapp.retrieval.selectors import chunk_search, hnsw_scan_configure, search_query, search_statement
+    from ragapp.retrieval.selectors import chunk_search, search_session_configure, search_query, search_statement
 
     if template is None:
         candidates = chunk_search(query=query_text, collection=collection, reader=None, k=k, mode=mode, embedding=query_vector)
@@ -412,9 +415,17 @@ def search_ids(collection, query_text: str, query_vector, *, mode: str, k: int, 
     statement = search_statement(parsed=search_query(query_text), collection=collection, reader=None,
                                  embedding=query_vector, k=k, limit=k, mode=mode, template=template)
     with transaction.atomic(), connection.cursor() as cursor:
-        hnsw_scan_configure(cursor, k=k)
+        search_session_configure(cursor, k=k)
         cursor.execute(*statement)
         return [row[0] for row in cursor.fetchall()]
+
+
+def unpruned_template() -> Template:
+    from ragapp.retrieval.selectors import HYBRID_SQL
+
+    if PRUNING not in HYBRID_SQL.template:
+        raise SystemExit("hybrid_search.sql no longer splits lexemes as retrieval.py's PRUNING says: update it.")
+    return Template(HYBRID_SQL.template.replace(PRUNING, "true AS essential"))
 
 
 def overlap(found: list[list[int]], reference: list[list[int]], at: int) -> float:
@@ -461,6 +472,11 @@ def size_measure(collection, query_texts, query_vectors, truth, options) -> dict
     found = figures["fulltext"]["results"][:reference_count]
     figures["fulltext_exact"] = {"queries": reference_count, **latency_summary(exact_seconds),
                                  "top10_overlap": overlap(found, exact, 10), f"top{k}_overlap": overlap(found, exact, k)}
+    print(f"  full text from postings without pruning, {reference_count} queries ...", flush=True)
+    unpruned, unpruned_seconds = search_series(collection, query_texts[:reference_count], query_vectors, mode="fulltext",
+                                               k=k, warm_up=0, template=unpruned_template())
+    figures["fulltext_unpruned"] = {"queries": reference_count, **latency_summary(unpruned_seconds),
+                                    "top10_overlap": overlap(unpruned, exact, 10)}
     figures["hnsw_sweep"] = {}
     sql = dense_sql(options)
     for ef_search in sorted({max(settings.HNSW_EF_SEARCH, 10), *options.ef_search_sweep}):
@@ -543,6 +559,9 @@ def summary_print(results: dict) -> None:
         sweep = ", ".join(f"ef {ef}: {values['recall_at_10']:.3f} @ {values['p50_ms']:.1f}/{values['p95_ms']:.1f} ms"
                           for ef, values in figures["details"]["hnsw_sweep"].items())
         print(f"  {size}: HNSW recall@10 by ef_search: {sweep}")
+        unpruned = figures["details"]["fulltext_unpruned"]
+        print(f"  {size}: full text from postings without pruning: {unpruned['p50_ms']:.1f}/{unpruned['p95_ms']:.1f} ms, "
+              f"top-10 overlap {unpruned['top10_overlap']:.4f}")
 
 
 def main(argv=None) -> None:

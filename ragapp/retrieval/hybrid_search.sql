@@ -110,11 +110,12 @@ optional_bound AS (
     WHERE NOT split_weights.essential
 ),
 partial AS MATERIALIZED (
-    -- Every chunk holding an essential lexeme, with those lexemes' share of its score, and whether one
-    -- of them matches the question alone.
+    -- Every chunk holding an essential lexeme, with those lexemes' share of its score, whether one of
+    -- them matches the question alone, and those that do not (words of phrases).
     SELECT posting.chunk_id AS id,
            sum(bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s)) AS score,
-           bool_or(split_weights.alone) AS matches, array_agg(split_weights.lexeme) AS lexemes
+           bool_or(split_weights.alone) AS matches,
+           array_agg(split_weights.lexeme) FILTER (WHERE NOT split_weights.alone) AS phrase_lexemes
     FROM split_weights
          JOIN $posting_table AS block
               ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
@@ -134,34 +135,59 @@ floor AS (
                     0) AS score
 ),
 candidates AS MATERIALIZED (
-    SELECT partial.id, partial.score, partial.matches, partial.lexemes
+    SELECT partial.id, partial.score, partial.matches, partial.phrase_lexemes
     FROM partial CROSS JOIN optional_bound
     WHERE partial.score + optional_bound.score + 1e-9 >= (SELECT score FROM floor)
 ),
-optional_shares AS (
-    -- What the optional lexemes add to the candidates: their postings read through, kept for candidates only.
-    SELECT posting.chunk_id AS id,
-           sum(bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s)) AS score,
-           bool_or(split_weights.alone) AS matches, array_agg(split_weights.lexeme) AS lexemes
-    FROM split_weights
-         JOIN $posting_table AS block
-              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
-         CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
-         CROSS JOIN statistics
-    WHERE NOT split_weights.essential AND posting.chunk_id IN (SELECT id FROM candidates)
-    GROUP BY posting.chunk_id
+-- The candidates' exact scores come one of two ways, whichever reads less: the chunks' own rows (all
+-- lexemes at once, ~20 postings' worth each), or the optional lexemes' postings read whole. The gating
+-- subquery runs once, and the way not taken is never executed.
+by_rows AS (
+    SELECT (SELECT count(*) FROM candidates) * 20
+           < (SELECT coalesce(sum(weights.chunk_count), 0) FROM weights JOIN split_weights USING (lexeme)
+              WHERE NOT split_weights.essential) AS chosen
+),
+exact_from_rows AS (
+    SELECT scored.id, scored.score
+    FROM (SELECT array_agg(id) AS ids FROM candidates WHERE (SELECT chosen FROM by_rows)) AS chosen
+         CROSS JOIN lexeme_weights CROSS JOIN statistics CROSS JOIN query
+         CROSS JOIN LATERAL bm25_chunks(chosen.ids, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length,
+                                        %(k1)s, %(b)s, query.terms, query.excluded, %(excluding)s) AS scored
+),
+exact_from_postings AS (
+    -- Essential shares plus the optional lexemes' postings, summed per chunk in one pass (a join of the
+    -- two would leave its plan to row estimates that are guesses).
+    SELECT id, sum(score) AS score, bool_or(matches) AS matches, max(phrase_lexemes) AS phrase_lexemes
+    FROM (SELECT id, score, matches, phrase_lexemes, true AS candidate
+          FROM candidates WHERE NOT (SELECT chosen FROM by_rows)
+          UNION ALL
+          SELECT posting.chunk_id, bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s),
+                 split_weights.alone, NULL, false
+          FROM split_weights
+               JOIN $posting_table AS block
+                    ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
+               CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
+               CROSS JOIN statistics
+          WHERE NOT split_weights.essential AND NOT (SELECT chosen FROM by_rows)) AS shares
+    GROUP BY id
+    HAVING bool_or(candidate)
+),
+optional_lexemes AS (
+    SELECT coalesce(array_agg(lexeme), '{}') AS lexemes FROM split_weights WHERE NOT essential
 ),
 bm25 AS (
-    -- Exact scores of the chunks the question matches. A chunk holding a lexeme that matches alone
-    -- does; any other, or any chunk when words are excluded, is checked against the question itself,
-    -- unless its lexemes cannot satisfy it even out of order.
-    SELECT candidates.id, candidates.score + coalesce(optional_shares.score, 0) AS score
-    FROM candidates LEFT JOIN optional_shares USING (id) CROSS JOIN query
-    WHERE CASE WHEN NOT %(excluding)s AND (candidates.matches OR coalesce(optional_shares.matches, false)) THEN true
-               WHEN NOT array_to_tsvector(candidates.lexemes || coalesce(optional_shares.lexemes, '{}')) @@ query.unordered_terms
-                   THEN false
+    SELECT id, score FROM exact_from_rows  -- those rows hold only chunks the question matches
+    UNION ALL
+    -- A chunk holding a lexeme that matches alone is matched; any other, or any chunk when words are
+    -- excluded, is checked against its own row, unless its phrase words (with every optional lexeme,
+    -- which it may hold) cannot satisfy the question even out of order.
+    SELECT exact.id, exact.score
+    FROM exact_from_postings AS exact CROSS JOIN query CROSS JOIN optional_lexemes
+    WHERE CASE WHEN NOT %(excluding)s AND exact.matches THEN true
+               WHEN NOT %(excluding)s AND NOT array_to_tsvector(coalesce(exact.phrase_lexemes, '{}') || optional_lexemes.lexemes)
+                                              @@ query.unordered_terms THEN false
                ELSE EXISTS (SELECT 1 FROM $chunk_table AS chunk
-                            WHERE chunk.id = candidates.id AND chunk.search_vector @@ query.terms
+                            WHERE chunk.id = exact.id AND chunk.search_vector @@ query.terms
                               AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded)))
           END
 ),

@@ -37,6 +37,8 @@ class Candidate:
 BM25_K1 = 0.9
 BM25_B = 0.4
 
+SEARCH_WORK_MEM = "32MB"  # per search; bounded, so 8 concurrent searches take at most ~0.5 GB (hash memory is 2x)
+
 HYBRID_SQL = Template((Path(__file__).parent / "hybrid_search.sql").read_text())
 
 
@@ -62,7 +64,7 @@ def chunk_search(*, query: str, collection: Collection, reader, k: int | None = 
     if statement is None:
         return []
     with transaction.atomic(), connection.cursor() as cursor:
-        hnsw_scan_configure(cursor, k=k)
+        search_session_configure(cursor, k=k)
         cursor.execute(*statement)
         return [_candidate_from_row(row) for row in cursor.fetchall()]
 
@@ -115,12 +117,15 @@ def search_statement(*, parsed: SearchQuery, collection: Collection, reader, emb
     }
 
 
-def hnsw_scan_configure(cursor, *, k: int) -> None:
-    """Let the HNSW scan of this transaction return k rows even after the collection filter removes some."""
+def search_session_configure(cursor, *, k: int) -> None:
+    """Settings for this transaction's search: HNSW returns k rows despite the collection filter, and full
+    text's per-chunk sums stay in memory."""
     # ef_search bounds how many neighbours one scan yields (pgvector's default 40 < k);
     # iterative scans keep searching when the WHERE clause filters rows out.
     cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(settings.HNSW_EF_SEARCH, k))])
     cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+    # One group per chunk holding a query word: 4MB (the default) spills to disk at ~50k chunks.
+    cursor.execute("SELECT set_config('work_mem', %s, true)", [SEARCH_WORK_MEM])
 
 
 def _named_parameters(sql: str, params: Sequence, *, prefix: str) -> tuple[str, dict]:

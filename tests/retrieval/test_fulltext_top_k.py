@@ -14,7 +14,7 @@ from django.db import connection, transaction
 
 from ragapp.documents.models import Chunk, Document
 from ragapp.documents.services import collection_get_or_create
-from ragapp.retrieval.selectors import hnsw_scan_configure, search_query, search_statement
+from ragapp.retrieval.selectors import search_session_configure, search_query, search_statement
 from tests.conftest import text_statistics_hold
 
 pytestmark = pytest.mark.django_db
@@ -107,7 +107,7 @@ def test_pruning_leaves_most_matching_chunks_unscored(large_collection):
     statement, params = search_statement(parsed=parsed, collection=large_collection, reader=None, embedding=None,
                                          k=5, limit=5, mode="fulltext")
     with transaction.atomic(), connection.cursor() as cursor:
-        hnsw_scan_configure(cursor, k=5)
+        search_session_configure(cursor, k=5)
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params)
         plan = cursor.fetchone()[0]
         cursor.execute("SELECT count(*) FROM documents_chunk WHERE collection_id = %s AND search_vector @@ "
@@ -142,3 +142,34 @@ def test_the_exact_reference_still_reads_every_matching_chunk(large_collection):
         cursor.execute("EXPLAIN " + statement, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "on documents_chunk" in plan and "postingblock" not in plan and "collectionlexeme" not in plan, plan
+
+
+def test_reingesting_and_deleting_a_collection_keep_the_text_index_exact(collection, ingest):
+    from ragapp.documents.models import CollectionLexeme, PostingBlock
+    from ragapp.documents.services import document_ingest, document_reingest
+
+    document = ingest(collection, "handbook.txt", ("Taxi receipts are reimbursed monthly. " * 40).encode())
+    other = ingest(collection, "kitchen.txt", b"The coffee machine is descaled every Friday.")
+    assert text_statistics_hold(collection)
+    assert document_reingest(document=document)
+    document_ingest(document=document)
+    assert text_statistics_hold(collection) and _fulltext(collection, "taxi coffee", k=5)
+
+    collection.delete()  # Django deletes the chunks first: their triggers take the postings out
+    assert not CollectionLexeme.objects.filter(collection_id=collection.pk).exists()
+    assert not PostingBlock.objects.filter(collection_id=collection.pk).exists()
+    assert not Document.objects.filter(pk__in=[document.pk, other.pk]).exists()
+
+
+def test_both_ways_of_scoring_candidates_are_taken_here(large_collection):
+    """Candidates are scored from their rows or from the optional postings: the tests above must cover both."""
+    taken = set()
+    for k in (1, 5, 20, 100):
+        for question in QUESTIONS:
+            statement, params = search_statement(parsed=search_query(question), collection=large_collection, reader=None,
+                                                 embedding=None, k=k, limit=k, mode="fulltext")
+            statement = statement.replace("SELECT chunk.id, chunk.ordinal", "SELECT (SELECT chosen FROM by_rows), chunk.id, chunk.ordinal", 1)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                taken.update(row[0] for row in cursor.fetchall())
+    assert taken == {True, False}
