@@ -87,7 +87,7 @@ def _search_after_orm_check(query, vector, collection, reader) -> list[int]:
     statement, params = search_statement(parsed=search_query(query), collection=collection, reader=None,
                                          embedding=vector, k=100, limit=100, mode="hybrid")
     with transaction.atomic(), connection.cursor() as cursor:
-        search_session_configure(cursor, k=100)
+        search_session_configure(cursor, k=100, collection=collection)
         cursor.execute(statement, params)
         return [row[0] for row in cursor.fetchall()]
 

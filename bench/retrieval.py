@@ -80,6 +80,8 @@ def options_parse(argv=None) -> argparse.Namespace:
                         help="Chunks per synthetic document (default: 10).")
     parser.add_argument("--batch", type=int, default=100_000,
                         help="Chunks per COPY statement; the text index is built once per batch (default: 100000).")
+    parser.add_argument("--load-work-mem", default="256MB",
+                        help="work_mem while loading, for the triggers' sorts of each batch's postings (default: 256MB).")
     parser.add_argument("--hnsw", default="",
                         help="HNSW build parameters m,ef_construction (default: the migration's own).")
     parser.add_argument("--halfvec", action="store_true",
@@ -87,6 +89,9 @@ def options_parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--ef-search-sweep", default="40,100,200,400",
                         help="hnsw.ef_search values at which to measure dense recall@10 and latency "
                              "(default: 40,100,200,400; empty: none).")
+    parser.add_argument("--hnsw-only", action="store_true",
+                        help="Measure only the HNSW index (build, size, recall and latency by ef_search): for sweeps "
+                             "of --hnsw and --halfvec.")
     parser.add_argument("--concurrency", type=int, default=8,
                         help="Clients searching at once for the throughput ratio (default: 8).")
     parser.add_argument("--maintenance-work-mem", default="1GB",
@@ -207,24 +212,37 @@ def foreign_chunks_refuse() -> None:
         )
 
 
-@contextmanager
-def indexes_dropped():
-    """Drop the chunk table's HNSW and full-text indexes; recreate any still missing on the way out."""
+def index_definitions() -> dict[str, str]:
+    """The chunk table's HNSW and GIN index definitions as the migrations made them."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'documents_chunk' "
                        "AND indexname = ANY(%s)", [list(INDEX_NAMES)])
         definitions = dict(cursor.fetchall())
-        missing = set(INDEX_NAMES) - set(definitions)
-        if missing:
-            raise SystemExit(f"The chunk table lacks the indexes {sorted(missing)}: run `manage.py migrate` first.")
+    missing = set(INDEX_NAMES) - set(definitions)
+    if missing:
+        raise SystemExit(f"The chunk table lacks the indexes {sorted(missing)}: run `manage.py migrate` first.")
+    if "halfvec" in definitions["chunk_embedding_hnsw"]:
+        raise SystemExit("The HNSW index is a benchmark's halfvec variant: drop it and run `manage.py migrate`.")
+    return definitions
+
+
+@contextmanager
+def indexes_dropped(definitions: dict[str, str]):
+    """Drop the chunk table's HNSW and full-text indexes; put `definitions` back, whatever happens inside."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
         for name in definitions:
-            cursor.execute(f'DROP INDEX "{name}"')
+            cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
     try:
-        yield definitions
+        yield
     finally:
-        indexes_create(definitions, maintenance_work_mem=None, only_missing=True)
+        with connection.cursor() as cursor:
+            for name in definitions:
+                cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+        indexes_create(definitions, maintenance_work_mem=None)
 
 
 def hnsw_definition(definition: str, options) -> str:
@@ -237,7 +255,7 @@ def hnsw_definition(definition: str, options) -> str:
     return definition
 
 
-def indexes_create(definitions: dict[str, str], *, maintenance_work_mem: str | None, only_missing: bool = False) -> dict:
+def indexes_create(definitions: dict[str, str], *, maintenance_work_mem: str | None) -> dict:
     """Create the indexes from their definitions; return the seconds each took."""
     from django.db import connection
 
@@ -246,10 +264,6 @@ def indexes_create(definitions: dict[str, str], *, maintenance_work_mem: str | N
         if maintenance_work_mem:
             cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
         for name, definition in definitions.items():
-            if only_missing:
-                cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [name])
-                if cursor.fetchone():
-                    continue
             start = time.perf_counter()
             cursor.execute(definition)
             seconds[name] = time.perf_counter() - start
@@ -279,6 +293,8 @@ def bench_data_delete() -> None:
 
 def collection_load(size: int, *, texts, tokens, vectors, options):
     """Create the collection, its documents, and COPY its chunks in; return the collection."""
+    from django.db import connection
+
     from ragapp.documents.models import Document
     from ragapp.documents.services import collection_get_or_create
 
@@ -291,8 +307,13 @@ def collection_load(size: int, *, texts, tokens, vectors, options):
         for index in range(math.ceil(size / per_document))
     ], batch_size=5000)
     document_ids = [document.pk for document in documents]
+    with connection.cursor() as cursor:
+        # The triggers sort each batch's postings: in memory rather than in temporary files.
+        cursor.execute("SET work_mem = %s", [options.load_work_mem])
     for start in range(0, size, options.batch):
         _chunks_copy(collection, document_ids, per_document, texts, tokens, vectors, range(start, min(start + options.batch, size)))
+    with connection.cursor() as cursor:
+        cursor.execute("RESET work_mem")
     return collection
 
 
@@ -374,7 +395,7 @@ def dense_series(collection, query_vectors, *, sql: str, ef_search: int, warm_up
     for index in range(-min(warm_up, len(query_vectors)), len(query_vectors)):
         params = {"collection_id": collection.pk, "embedding": query_vectors[index].tolist(), "limit": 10}
         with transaction.atomic(), connection.cursor() as cursor:
-            search_session_configure(cursor, k=10)
+            search_session_configure(cursor, k=10, collection=collection)
             cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
             start = time.perf_counter()
             cursor.execute(sql, params)
@@ -415,7 +436,7 @@ def search_ids(collection, query_text: str, query_vector, *, mode: str, k: int, 
     statement = search_statement(parsed=search_query(query_text), collection=collection, reader=None,
                                  embedding=query_vector, k=k, limit=k, mode=mode, template=template)
     with transaction.atomic(), connection.cursor() as cursor:
-        search_session_configure(cursor, k=k)
+        search_session_configure(cursor, k=k, collection=collection)
         cursor.execute(*statement)
         return [row[0] for row in cursor.fetchall()]
 
@@ -436,23 +457,53 @@ def overlap(found: list[list[int]], reference: list[list[int]], at: int) -> floa
 
 
 def throughput(collection, query_texts, query_vectors, *, clients: int, k: int) -> float:
-    """Hybrid searches per second with `clients` threads sharing the queries, each with its own connection."""
+    """Hybrid searches per second with `clients` threads sharing the queries, each with its own connection.
+
+    Each thread connects and runs one untimed search first; the clock starts when all are ready.
+    """
     from django.db import connection
+
+    ready = threading.Barrier(clients + 1)
 
     def client(indexes):
         try:
+            search_ids(collection, query_texts[indexes[0]], query_vectors[indexes[0]], mode="hybrid", k=k)
+            ready.wait()
             for index in indexes:
                 search_ids(collection, query_texts[index], query_vectors[index], mode="hybrid", k=k)
         finally:
             connection.close()
 
     threads = [threading.Thread(target=client, args=(range(offset, len(query_texts), clients),)) for offset in range(clients)]
-    start = time.perf_counter()
     for thread in threads:
         thread.start()
+    ready.wait()
+    start = time.perf_counter()
     for thread in threads:
         thread.join()
     return len(query_texts) / (time.perf_counter() - start)
+
+
+def chunk_search_ef(collection) -> int:
+    """The hnsw.ef_search chunk_search's session settings give this collection."""
+    from django.conf import settings
+    from django.db import connection, transaction
+
+    from ragapp.retrieval.selectors import search_session_configure
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        search_session_configure(cursor, k=settings.RETRIEVAL_CANDIDATES, collection=collection)
+        cursor.execute("SELECT current_setting('hnsw.ef_search')::int")
+        return cursor.fetchone()[0]
+
+
+def hnsw_sweep(collection, query_vectors, truth, options) -> dict:
+    """HNSW top-10 recall against exact neighbours, and latency, at chunk_search's ef_search and the sweep's."""
+    sweep, sql = {}, dense_sql(options)
+    for ef_search in sorted({chunk_search_ef(collection), *options.ef_search_sweep}):
+        found, seconds = dense_series(collection, query_vectors, sql=sql, ef_search=ef_search, warm_up=options.warm_up)
+        sweep[str(ef_search)] = {"recall_at_10": recall(found, truth, 10), **latency_summary(seconds)}
+    return sweep
 
 
 def size_measure(collection, query_texts, query_vectors, truth, options) -> dict:
@@ -460,6 +511,8 @@ def size_measure(collection, query_texts, query_vectors, truth, options) -> dict
     from django.conf import settings
 
     k = settings.RETRIEVAL_CANDIDATES
+    if options.hnsw_only:
+        return {"hnsw_sweep": hnsw_sweep(collection, query_vectors, truth, options)}
     figures = {}
     for mode in ("dense", "fulltext", "hybrid"):
         print(f"  chunk_search {mode}, k={k} ...", flush=True)
@@ -477,11 +530,7 @@ def size_measure(collection, query_texts, query_vectors, truth, options) -> dict
                                                k=k, warm_up=0, template=unpruned_template())
     figures["fulltext_unpruned"] = {"queries": reference_count, **latency_summary(unpruned_seconds),
                                     "top10_overlap": overlap(unpruned, exact, 10)}
-    figures["hnsw_sweep"] = {}
-    sql = dense_sql(options)
-    for ef_search in sorted({max(settings.HNSW_EF_SEARCH, 10), *options.ef_search_sweep}):
-        hnsw_found, seconds = dense_series(collection, query_vectors, sql=sql, ef_search=ef_search, warm_up=options.warm_up)
-        figures["hnsw_sweep"][str(ef_search)] = {"recall_at_10": recall(hnsw_found, truth, 10), **latency_summary(seconds)}
+    figures["hnsw_sweep"] = hnsw_sweep(collection, query_vectors, truth, options)
     print(f"  hybrid throughput, 1 and {options.concurrency} clients ...", flush=True)
     one = throughput(collection, query_texts, query_vectors, clients=1, k=k)
     many = throughput(collection, query_texts, query_vectors, clients=options.concurrency, k=k)
@@ -493,8 +542,7 @@ def size_measure(collection, query_texts, query_vectors, truth, options) -> dict
 
 # ---- the run ----------------------------------------------------------------------------------
 
-def size_run(size: int, pool, query_texts, query_vectors, options, rng) -> dict:
-    from django.conf import settings
+def size_run(size: int, pool, query_texts, query_vectors, definitions, options, rng) -> dict:
     from django.db import connection
 
     print(f"\n{size} chunks: reading the corpus and making vectors ...", flush=True)
@@ -502,16 +550,18 @@ def size_run(size: int, pool, query_texts, query_vectors, options, rng) -> dict:
     vectors = synthetic_vectors(pool, size, options.noise, rng)
     load = {}
     start = time.perf_counter()
-    with indexes_dropped() as definitions:
-        bench_data_delete()
-        begun = time.perf_counter()
-        collection = collection_load(size, texts=texts, tokens=tokens, vectors=vectors, options=options)
-        load["copy_with_text_index_seconds"] = time.perf_counter() - begun
-        print("  building the indexes ...", flush=True)
-        definitions["chunk_embedding_hnsw"] = hnsw_definition(definitions["chunk_embedding_hnsw"], options)
-        index_seconds = indexes_create(definitions, maintenance_work_mem=options.maintenance_work_mem)
-        load["gin_index_seconds"] = index_seconds["chunk_search_vector_gin"]
-        load["hnsw_index_seconds"] = index_seconds["chunk_embedding_hnsw"]
+    with connection.cursor() as cursor:
+        for name in definitions:
+            cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+    bench_data_delete()
+    begun = time.perf_counter()
+    collection = collection_load(size, texts=texts, tokens=tokens, vectors=vectors, options=options)
+    load["copy_with_text_index_seconds"] = time.perf_counter() - begun
+    print("  building the indexes ...", flush=True)
+    built = {**definitions, "chunk_embedding_hnsw": hnsw_definition(definitions["chunk_embedding_hnsw"], options)}
+    index_seconds = indexes_create(built, maintenance_work_mem=options.maintenance_work_mem)
+    load["gin_index_seconds"] = index_seconds["chunk_search_vector_gin"]
+    load["hnsw_index_seconds"] = index_seconds["chunk_embedding_hnsw"]
     begun = time.perf_counter()
     with connection.cursor() as cursor:
         for table in ("documents_chunk", "documents_document", "documents_postingblock", "documents_collectionlexeme"):
@@ -524,7 +574,11 @@ def size_run(size: int, pool, query_texts, query_vectors, options, rng) -> dict:
     truth = exact_neighbours(vectors, query_vectors, chunk_ids, at=10)  # COPY kept the order: ids ascend with index
     del texts, vectors
     figures = size_measure(collection, query_texts, query_vectors, truth, options)
-    ef_search = str(max(settings.HNSW_EF_SEARCH, 10))
+    ef_search = str(chunk_search_ef(collection))
+    if options.hnsw_only:
+        return {"hnsw_recall_at_10": figures["hnsw_sweep"][ef_search]["recall_at_10"], "load_seconds": round(load_seconds, 1),
+                "details": {"load": {name: round(value, 1) for name, value in load.items()}, "sizes_mb": relation_sizes(),
+                            "hnsw_ef_search": int(ef_search), **figures}}
     return {
         "dense_p50_ms": figures["dense"]["p50_ms"], "dense_p95_ms": figures["dense"]["p95_ms"],
         "fulltext_p50_ms": figures["fulltext"]["p50_ms"], "fulltext_p95_ms": figures["fulltext"]["p95_ms"],
@@ -545,6 +599,13 @@ def size_run(size: int, pool, query_texts, query_vectors, options, rng) -> dict:
 
 
 def summary_print(results: dict) -> None:
+    if not all("dense_p50_ms" in figures for figures in results.values()):
+        for size, figures in results.items():
+            sweep = ", ".join(f"ef {ef}: {values['recall_at_10']:.3f} @ {values['p50_ms']:.1f}/{values['p95_ms']:.1f} ms"
+                              for ef, values in figures["details"]["hnsw_sweep"].items())
+            print(f"  {size}: HNSW build {figures['details']['load']['hnsw_index_seconds']:.0f} s, "
+                  f"{figures['details']['sizes_mb']['chunk_embedding_hnsw']:.0f} MB; recall@10 by ef_search: {sweep}")
+        return
     print("\nchunk_search p50/p95 ms (SQL and rows; queries pre-embedded)")
     print(f"{'chunks':>8}{'dense':>14}{'fulltext':>14}{'hybrid':>14}{'exact ft':>16}{'ft top10':>10}"
           f"{'recall@10':>11}{'load s':>9}{'8 clients':>11}")
@@ -578,19 +639,18 @@ def main(argv=None) -> None:
     query_vectors = embed_texts(query_texts)
     rng = np.random.default_rng(options.seed)
     results = {}
-    try:
+    definitions = index_definitions()
+    with indexes_dropped(definitions):  # the migrations' indexes come back at the end, whatever was built
         for size in options.sizes:
-            results[str(size)] = size_run(size, pool, query_texts, query_vectors, options, rng)
-    finally:
+            results[str(size)] = size_run(size, pool, query_texts, query_vectors, definitions, options, rng)
         if not options.keep:
-            with indexes_dropped():
-                bench_data_delete()
+            bench_data_delete()
     parameters = {
         "sizes": options.sizes, "corpus": str(options.corpus.relative_to(REPO_ROOT) if options.corpus.is_relative_to(REPO_ROOT) else options.corpus),
         "queries": len(query_texts), "reference_queries": options.reference_queries, "pool": len(pool),
-        "noise": options.noise, "chunks_per_document": options.chunks_per_document, "copy_batch": options.batch,
+        "noise": options.noise, "chunks_per_document": options.chunks_per_document, "copy_batch": options.batch, "load_work_mem": options.load_work_mem,
         "hnsw_build": options.hnsw or "the migration's (m=16, ef_construction=64)", "halfvec": options.halfvec,
-        "ef_search_sweep": options.ef_search_sweep, "concurrency": options.concurrency,
+        "ef_search_sweep": options.ef_search_sweep, "concurrency": options.concurrency, "hnsw_only": options.hnsw_only,
         "warm_up": options.warm_up, "seed": options.seed, "embedding_model": embedding_model_label(),
         "hnsw_ef_search_setting": settings.HNSW_EF_SEARCH, "retrieval_candidates": settings.RETRIEVAL_CANDIDATES,
         "index_build_maintenance_work_mem": options.maintenance_work_mem, "server_settings": server_settings(),

@@ -140,9 +140,11 @@ class Chunk(models.Model):
             models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal"),
         ]
         indexes = [
+            # m and ef_construction from a sweep at 100k chunks (bench/README.md, retrieval.py): (16, 64)
+            # needed ef_search 800 for recall@10 0.98, (24, 100) reaches it sooner for twice the build time.
             HnswIndex(
                 name="chunk_embedding_hnsw", fields=["embedding"],
-                m=16, ef_construction=64, opclasses=["vector_cosine_ops"],
+                m=24, ef_construction=100, opclasses=["vector_cosine_ops"],
             ),
             GinIndex(name="chunk_search_vector_gin", fields=["search_vector"]),
         ]

@@ -23,12 +23,11 @@ WITH permitted (id) AS (
     $permitted_collection
 ),
 query AS NOT MATERIALIZED (
-    -- Inlined where it is used (twice), so the planner sees constant tsqueries and can size them.
+    -- Inlined where it is used, so the planner sees constant tsqueries and can size them.
     SELECT replace(websearch_to_tsquery(%(language)s::regconfig, %(matched_text)s)::text, ' & ', ' | ')::tsquery AS terms,
            -- The same with each phrase's words ANDed: what a chunk's lexemes must satisfy, positions aside.
            regexp_replace(replace(websearch_to_tsquery(%(language)s::regconfig, %(matched_text)s)::text, ' & ', ' | '),
                           '<(-|[0-9]+)>', '&', 'g')::tsquery AS unordered_terms,
-           replace(plainto_tsquery(%(language)s::regconfig, %(scored_text)s)::text, ' & ', ' | ')::tsquery AS any_lexeme,
            tsvector_to_array(to_tsvector(%(language)s::regconfig, %(scored_text)s)) AS lexemes,
            -- One query per excluded word or phrase: its own words stay ANDed (a segmented
            -- Chinese word is several), a chunk holding any of them is out.

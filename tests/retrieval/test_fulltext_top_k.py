@@ -107,7 +107,7 @@ def test_pruning_leaves_most_matching_chunks_unscored(large_collection):
     statement, params = search_statement(parsed=parsed, collection=large_collection, reader=None, embedding=None,
                                          k=5, limit=5, mode="fulltext")
     with transaction.atomic(), connection.cursor() as cursor:
-        search_session_configure(cursor, k=5)
+        search_session_configure(cursor, k=5, collection=large_collection)
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params)
         plan = cursor.fetchone()[0]
         cursor.execute("SELECT count(*) FROM documents_chunk WHERE collection_id = %s AND search_vector @@ "
