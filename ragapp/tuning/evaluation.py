@@ -20,11 +20,12 @@ from django.utils.text import get_valid_filename
 from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
+from ragapp.documents.embedding import embed_query
 from ragapp.documents.models import Collection, Document
 from ragapp.documents.segmentation import CHINESE_RUN
 from ragapp.documents.services import collection_get_or_create, document_create, document_ingest
 from ragapp.retrieval.rerank_client import RerankerPool, RerankerUnavailable, rerank_order
-from ragapp.retrieval.selectors import chunk_search
+from ragapp.retrieval.selectors import chunk_search, search_query
 
 # Documents ranked per query: the depth of the deepest metric (R@100).
 RANKING_DEPTH = 100
@@ -241,17 +242,23 @@ def _corpus_entry_ingest(collection: Collection, entry: CorpusEntry) -> None:
         document_ingest(document=document)
 
 
-def search_ranker(mode: str, *, dense_weight: float | None = None) -> Ranker:
+def search_ranker(mode: str, *, dense_weight: float | None = None, embeddings: dict | None = None) -> Ranker:
     """Rank documents by their best chunk in `chunk_search` (mode dense, fulltext or hybrid).
 
     `dense_weight`: the dense side's share in hybrid's fusion (default: the collection's).
+    `embeddings`: a cache of query vectors shared by rankers that see the same queries.
     """
 
     def rank(*, query: str, collection: Collection, depth: int) -> list[int]:
+        embedding = None
+        if embeddings is not None and mode != "fulltext":
+            if query not in embeddings:
+                embeddings[query] = embed_query(search_query(query).embedded_text).tolist()
+            embedding = embeddings[query]
         # depth candidates per side; the limit keeps the whole fused list (both sides' chunks),
         # so that several chunks of one document still leave up to `depth` distinct documents.
         candidates = chunk_search(query=query, collection=collection, reader=None, k=depth, limit=2 * depth, mode=mode,
-                                  dense_weight=dense_weight)
+                                  dense_weight=dense_weight, embedding=embedding)
         return ranked_documents((candidate.chunk.document.id for candidate in candidates), depth=depth)
 
     return rank
@@ -404,9 +411,10 @@ def fusion_weight_tune(*, dataset: BeirDataset, collection: Collection, reranked
 def dense_weight_tune(*, dataset: BeirDataset, collection: Collection,
                       weights: Iterable[float] = FUSION_WEIGHTS) -> FusionTuning:
     """Pick the dense side's share with the best hybrid nDCG@10 on the dataset's queries (ties: the nearest to 0.5)."""
+    embeddings: dict = {}  # each query embedded once for all the weights
     return _weight_tune(dataset=dataset, collection=collection,
-                        ranker_at=lambda weight: search_ranker("hybrid", dense_weight=weight), weights=weights,
-                        preference=lambda weight: -abs(weight - 0.5))
+                        ranker_at=lambda weight: search_ranker("hybrid", dense_weight=weight, embeddings=embeddings),
+                        weights=weights, preference=lambda weight: -abs(weight - 0.5))
 
 
 def _weight_tune(*, dataset: BeirDataset, collection: Collection, ranker_at: Callable[[float], Ranker],
