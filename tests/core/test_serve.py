@@ -72,7 +72,7 @@ def test_upload_a_pdf_then_ask_in_the_chat_without_other_steps(served):
     collection_form = client.get("/admin/documents/collection/add/")
     created = client.post("/admin/documents/collection/add/", data={
         "name": "Policies", "slug": "policies", "language": "english", "reranking_enabled": "on",
-        "rerank_fusion_weight": "1.0",
+        "rerank_fusion_weight": "1.0", "dense_weight": "0.5",
         "csrfmiddlewaretoken": csrf_token(collection_form.text),
     })
     assert "was added successfully" in created.text

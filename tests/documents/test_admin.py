@@ -154,6 +154,6 @@ def test_collection_language_is_read_only_once_it_has_documents(admin, collectio
     page = admin.get(change_url).content.decode()
     assert 'name="language"' not in page and "Fixed once the collection has documents" in page
     admin.post(change_url, {"name": collection.name, "slug": collection.slug, "language": "french",
-                            "reranking_enabled": "on", "rerank_fusion_weight": "1.0"})
+                            "reranking_enabled": "on", "rerank_fusion_weight": "1.0", "dense_weight": "0.5"})
     collection.refresh_from_db()
     assert collection.language == "english"
