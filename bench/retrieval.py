@@ -41,7 +41,7 @@ COLLECTION_PREFIX = "bench-"  # every collection named so is benchmark data and 
 INDEX_NAMES = ("chunk_embedding_hnsw", "chunk_search_vector_gin")
 EXACT_SQL = Template((Path(__file__).parent / "hybrid_search_exact.sql").read_text())
 # The alternative without MaxScore: every posting of every query lexeme is read and summed (term at a time).
-PRUNING = "bound_so_far >= (SELECT coalesce(max(score), 0) FROM seed_floor) AS essential"
+PRUNING = "ordered_weights.bound_so_far >= seed_floor.score AS essential"
 PEERS = {
     "fulltext": "the exact BM25 statement the postings replaced (bench/hybrid_search_exact.sql): every chunk "
                 "holding a query word is scored",
@@ -231,18 +231,20 @@ def index_definitions() -> dict[str, str]:
 @contextmanager
 def indexes_dropped(definitions: dict[str, str]):
     """Drop the chunk table's HNSW and full-text indexes; put `definitions` back, whatever happens inside."""
+    indexes_drop(definitions)
+    try:
+        yield
+    finally:
+        indexes_drop(definitions)
+        indexes_create(definitions, maintenance_work_mem=None)
+
+
+def indexes_drop(definitions: dict[str, str]) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
         for name in definitions:
             cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            for name in definitions:
-                cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
-        indexes_create(definitions, maintenance_work_mem=None)
 
 
 def hnsw_definition(definition: str, options) -> str:
@@ -550,9 +552,7 @@ def size_run(size: int, pool, query_texts, query_vectors, definitions, options, 
     vectors = synthetic_vectors(pool, size, options.noise, rng)
     load = {}
     start = time.perf_counter()
-    with connection.cursor() as cursor:
-        for name in definitions:
-            cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+    indexes_drop(definitions)  # those the previous size built
     bench_data_delete()
     begun = time.perf_counter()
     collection = collection_load(size, texts=texts, tokens=tokens, vectors=vectors, options=options)

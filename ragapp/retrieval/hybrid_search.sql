@@ -67,7 +67,7 @@ weights AS MATERIALIZED (
       AND lexeme.lexeme = ANY ((SELECT lexemes FROM query)::text[])
 ),
 ordered_weights AS MATERIALIZED (
-    SELECT lexeme, idf, alone,
+    SELECT lexeme, chunk_count, idf, alone,
            sum(chunk_count) OVER (ORDER BY chunk_count, lexeme) - chunk_count AS rarer_postings,
            sum(bound) OVER (ORDER BY bound, lexeme) AS bound_so_far  -- this lexeme's and every smaller bound's
     FROM weights
@@ -89,44 +89,47 @@ seed AS (
           LIMIT 2 * %(fulltext_k)s) AS rarest
 ),
 seed_floor AS (
-    SELECT coalesce(min(best.score), 0) AS score
+    -- One row: the k-th best, or 0 when fewer than k chunks match.
+    SELECT coalesce(CASE WHEN count(*) = %(fulltext_k)s THEN min(best.score) END, 0) AS score
     FROM (SELECT scored.score
           FROM seed CROSS JOIN lexeme_weights CROSS JOIN statistics CROSS JOIN query
                CROSS JOIN LATERAL bm25_chunks(seed.ids, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length,
                                               %(k1)s, %(b)s, query.terms, query.excluded, %(excluding)s) AS scored
           ORDER BY scored.score DESC
           LIMIT %(fulltext_k)s) AS best
-    HAVING count(*) = %(fulltext_k)s
 ),
 split_weights AS MATERIALIZED (
-    SELECT lexeme, idf, alone, bound_so_far >= (SELECT coalesce(max(score), 0) FROM seed_floor) AS essential
-    FROM ordered_weights
+    SELECT ordered_weights.*, ordered_weights.bound_so_far >= seed_floor.score AS essential
+    FROM ordered_weights CROSS JOIN seed_floor
 ),
 optional_bound AS (
     -- The most the optional (non-essential) lexemes can add together.
-    SELECT coalesce(max(ordered_weights.bound_so_far), 0) AS score
-    FROM ordered_weights JOIN split_weights USING (lexeme)
-    WHERE NOT split_weights.essential
+    SELECT coalesce(max(bound_so_far), 0) AS score FROM split_weights WHERE NOT essential
 ),
-partial AS MATERIALIZED (
-    -- Every chunk holding an essential lexeme, with those lexemes' share of its score, whether one of
-    -- them matches the question alone, and those that do not (words of phrases).
-    SELECT posting.chunk_id AS id,
-           sum(bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s)) AS score,
-           bool_or(split_weights.alone) AS matches,
-           array_agg(split_weights.lexeme) FILTER (WHERE NOT split_weights.alone) AS phrase_lexemes
+shares AS NOT MATERIALIZED (
+    -- One row per posting of a query lexeme: what it adds to its chunk's score. Inlined where it is read,
+    -- so each reader's filter on `essential` decides which lexemes' blocks are read at all.
+    SELECT posting.chunk_id, split_weights.lexeme, split_weights.alone, split_weights.essential,
+           bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s) AS share
     FROM split_weights
          JOIN $posting_table AS block
               ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
          CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
          CROSS JOIN statistics
-    WHERE split_weights.essential
-    GROUP BY posting.chunk_id
+),
+partial AS MATERIALIZED (
+    -- Every chunk holding an essential lexeme, with those lexemes' share of its score, whether one of
+    -- them matches the question alone, and those that do not (words of phrases).
+    SELECT chunk_id AS id, sum(share) AS score, bool_or(alone) AS matches,
+           array_agg(lexeme) FILTER (WHERE NOT alone) AS phrase_lexemes
+    FROM shares
+    WHERE essential
+    GROUP BY chunk_id
 ),
 floor AS (
     -- A higher floor, when k chunks surely matched by the question (and no exclusion to rule them out)
     -- reach it with their partial scores alone.
-    SELECT greatest((SELECT max(score) FROM seed_floor),
+    SELECT greatest((SELECT score FROM seed_floor),
                     (SELECT min(best.score)
                      FROM (SELECT score FROM partial WHERE matches AND NOT %(excluding)s
                            ORDER BY score DESC LIMIT %(fulltext_k)s) AS best
@@ -143,8 +146,7 @@ candidates AS MATERIALIZED (
 -- subquery runs once, and the way not taken is never executed.
 by_rows AS (
     SELECT (SELECT count(*) FROM candidates) * 20
-           < (SELECT coalesce(sum(weights.chunk_count), 0) FROM weights JOIN split_weights USING (lexeme)
-              WHERE NOT split_weights.essential) AS chosen
+           < (SELECT coalesce(sum(chunk_count), 0) FROM split_weights WHERE NOT essential) AS chosen
 ),
 exact_from_rows AS (
     SELECT scored.id, scored.score
@@ -160,14 +162,9 @@ exact_from_postings AS (
     FROM (SELECT id, score, matches, phrase_lexemes, true AS candidate
           FROM candidates WHERE NOT (SELECT chosen FROM by_rows)
           UNION ALL
-          SELECT posting.chunk_id, bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s),
-                 split_weights.alone, NULL, false
-          FROM split_weights
-               JOIN $posting_table AS block
-                    ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
-               CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
-               CROSS JOIN statistics
-          WHERE NOT split_weights.essential AND NOT (SELECT chosen FROM by_rows)) AS shares
+          SELECT chunk_id, share, alone, NULL, false
+          FROM shares
+          WHERE NOT essential AND NOT (SELECT chosen FROM by_rows)) AS summed
     GROUP BY id
     HAVING bool_or(candidate)
 ),

@@ -126,26 +126,28 @@ class Command(BaseCommand):
         tuning = None
         if options["tune_fusion"]:
             tuning = evaluation.fusion_weight_tune(dataset=data, collection=collection, reranked=reranked)
-            collection.rerank_fusion_weight = weight = tuning.weight
-            collection.save(update_fields=["rerank_fusion_weight"])
-            sweep = ", ".join(f"{w:g}: {ndcg:.4f}" for w, ndcg in tuning.ndcg_by_weight.items())
-            self.stdout.write(f"Fusion weight tuned on these {len(data.queries)} queries (hybrid+rerank nDCG@10 by weight: "
-                              f"{sweep}). Saved {weight:g} as the fusion weight of {collection.name}.")
+            weight = tuning.weight
         rerank_modes = evaluation.rerank_rankers(reranked, fusion_weight=weight)
         rankers.update({mode: rerank_modes[mode] for mode in modes if mode in rerank_modes})
         record = {"reranker": label, "fusion_weight": weight}
         if tuning:
-            record["fusion_tuning"] = {f"{w:g}": ndcg for w, ndcg in tuning.ndcg_by_weight.items()}
+            record["fusion_tuning"] = self._tuning_save(tuning, collection, field="rerank_fusion_weight",
+                                                        name="fusion weight", mode="hybrid+rerank", queries=len(data.queries))
         return dict(sorted(rankers.items(), key=lambda item: modes.index(item[0]))), record
 
     def _dense_weight_tune(self, data, collection) -> dict:
         tuning = evaluation.dense_weight_tune(dataset=data, collection=collection)
-        collection.dense_weight = tuning.weight
-        collection.save(update_fields=["dense_weight"])
+        return {"dense_weight_tuning": self._tuning_save(tuning, collection, field="dense_weight", name="dense weight",
+                                                         mode="hybrid", queries=len(data.queries))}
+
+    def _tuning_save(self, tuning, collection, *, field: str, name: str, mode: str, queries: int) -> dict[str, float]:
+        """Save the tuned weight as the collection's `field`, say so with the sweep, and return the sweep for the JSON."""
+        setattr(collection, field, tuning.weight)
+        collection.save(update_fields=[field])
         sweep = ", ".join(f"{weight:g}: {ndcg:.4f}" for weight, ndcg in tuning.ndcg_by_weight.items())
-        self.stdout.write(f"Dense weight tuned on these {len(data.queries)} queries (hybrid nDCG@10 by weight: {sweep}). "
-                          f"Saved {tuning.weight:g} as the dense weight of {collection.name}.")
-        return {"dense_weight_tuning": {f"{weight:g}": ndcg for weight, ndcg in tuning.ndcg_by_weight.items()}}
+        self.stdout.write(f"{name.capitalize()} tuned on these {queries} queries ({mode} nDCG@10 by weight: {sweep}). "
+                          f"Saved {tuning.weight:g} as the {name} of {collection.name}.")
+        return {f"{weight:g}": ndcg for weight, ndcg in tuning.ndcg_by_weight.items()}
 
     def _scorer(self, options) -> tuple[evaluation.PassageScorer, str]:
         if options["reranker_scores"]:
