@@ -68,7 +68,8 @@ weights AS MATERIALIZED (
 ),
 ordered_weights AS MATERIALIZED (
     SELECT lexeme, chunk_count, idf, alone,
-           sum(chunk_count) OVER (ORDER BY chunk_count, lexeme) - chunk_count AS rarer_postings,
+           -- Postings before this lexeme's in the seed's order: lexemes that match alone, rarest first, then the others.
+           sum(chunk_count) OVER (ORDER BY NOT alone, chunk_count, lexeme) - chunk_count AS seed_postings_before,
            sum(bound) OVER (ORDER BY bound, lexeme) AS bound_so_far  -- this lexeme's and every smaller bound's
     FROM weights
 ),
@@ -76,16 +77,17 @@ lexeme_weights AS (
     SELECT array_agg(lexeme) AS lexemes, array_agg(idf) AS idfs FROM weights
 ),
 seed AS (
-    -- The first 2k postings of the rarest lexemes (a rare lexeme weighs most): their chunks' exact
-    -- scores give the first floor.
+    -- The first 2k postings of the rarest lexemes (a rare lexeme weighs most): their chunks' exact scores
+    -- give the first floor. Lexemes that match alone come first, so that most of those chunks match: a
+    -- phrase word's chunks often do not, and fewer than k matches left the floor at 0, pruning nothing.
     SELECT array_agg(DISTINCT rarest.chunk_id) AS ids
     FROM (SELECT posting.chunk_id
           FROM ordered_weights
                JOIN $posting_table AS block
                     ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = ordered_weights.lexeme
                CROSS JOIN LATERAL unnest(block.chunk_ids) AS posting (chunk_id)
-          WHERE ordered_weights.rarer_postings < 2 * %(fulltext_k)s
-          ORDER BY ordered_weights.rarer_postings
+          WHERE ordered_weights.seed_postings_before < 2 * %(fulltext_k)s
+          ORDER BY ordered_weights.seed_postings_before
           LIMIT 2 * %(fulltext_k)s) AS rarest
 ),
 seed_floor AS (

@@ -28,7 +28,7 @@ QUESTIONS = [
     "train ticket refund", "laptop encryption password", "coffee", "hotel flight visa insurance pension",
     "expense policy for travel by train or taxi", "the security of the network server backup",
     '"travel policy" hotel', "budget report -meeting", 'office -"parking kitchen"', "x-ray of the desk monitor",
-    "the of and", "unheardofword", "salary salary salary",
+    "the of and", "unheardofword", "salary salary salary", '"pension insurance" hotel',
 ]
 
 
@@ -115,6 +115,19 @@ def test_pruning_leaves_most_matching_chunks_unscored(large_collection):
         matching = cursor.fetchone()[0]
     partial_rows = _cte_rows(plan[0]["Plan"], "CTE partial")
     assert 0 < partial_rows < matching / 2, (partial_rows, matching)
+
+
+def test_a_rare_phrase_word_leaves_the_floor_above_zero(large_collection):
+    """Most chunks holding a rare word of a phrase match neither the phrase nor any other word: the floor
+    comes from chunks of the words that match alone, or it stays 0 and nothing is pruned."""
+    parsed = search_query('"pension insurance" hotel')
+    statement, params = search_statement(parsed=parsed, collection=large_collection, reader=None, embedding=None,
+                                         k=5, limit=5, mode="fulltext")
+    statement = statement.replace("SELECT chunk.id, chunk.ordinal", "SELECT (SELECT score FROM seed_floor), chunk.id, chunk.ordinal", 1)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        floors = {row[0] for row in cursor.fetchall()}
+    assert len(floors) == 1 and floors.pop() > 0
 
 
 def _cte_rows(node: dict, name: str) -> int:
