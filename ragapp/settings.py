@@ -302,9 +302,9 @@ CHUNK_TOKENS, CHUNK_OVERLAP_TOKENS = chunk_budget()
 # Retrieval: candidates taken from each side before fusion, and the RRF constant.
 RETRIEVAL_CANDIDATES = env_int("RETRIEVAL_CANDIDATES", 100, minimum=1)
 RRF_K = env_int("RRF_K", 60, minimum=0)
-# 1000, pgvector's most: recall@10 0.972 at 1M chunks with the index's m=24, where 800 gave 0.962 (1.0 at 100k;
-# bench/README.md, retrieval.py). Small collections use less (retrieval/selectors.py).
-HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 1000, minimum=1, maximum=1000)
+# 400: recall@10 0.98 at 1M chunks with the index's m=32 / ef_construction=200 (0.9995 at 800, for twice the
+# time; bench/README.md, retrieval.py). Small collections use less (retrieval/selectors.py).
+HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 400, minimum=1, maximum=1000)
 
 # Reranker workers (reranking.server), tried in turn; empty: results keep retrieval order, flagged.
 RERANKER_URLS = env_urls("RERANKER_URL", "http://127.0.0.1:8002")
