@@ -93,7 +93,7 @@ def test_stopword_only_question_returns_dense_results_without_error(collection, 
     assert results and all(r.fulltext_rank is None for r in results)
 
 
-def _plan(collection, query: str, *, rows: int = 3000) -> str:
+def _plan(collection, query: str, *, rows: int = 6000) -> str:
     """EXPLAIN HYBRID_SQL for `query` over `rows` synthetic chunks: enough for the planner to want the indexes."""
     document = Document.objects.create(collection=collection, title="synthetic", original_filename="s.txt", sha256="0" * 64)
     vectors = np.random.default_rng(0).normal(size=(rows, 384)).astype(np.float32)
