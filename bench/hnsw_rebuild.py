@@ -69,7 +69,8 @@ def main(argv=None) -> None:
         found, seconds = retrieval.dense_series(collection, query_vectors, sql=sql, ef_search=ef_search, warm_up=10)
         figures[str(ef_search)] = {"recall_at_10": retrieval.recall(found, truth, 10), **latency_summary(seconds)}
         print(ef_search, figures[str(ef_search)], flush=True)
-    path = results_write(options.output, parameters=vars(options), figures={"results": figures})
+    peer = "exact nearest neighbours by cosine, numpy over the regenerated vectors (recall is against it)"
+    path = results_write(options.output, parameters={**vars(options), "peer": peer}, figures={"results": figures})
     print(json.dumps(figures), f"\nWrote {path}")
 
 
