@@ -8,7 +8,6 @@ not restored: run it on the throwaway DATA_DIR that retrieval.py used.
 
 import argparse
 import json
-import time
 
 import numpy as np
 import retrieval
@@ -22,18 +21,19 @@ def options_parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--ef-search", default="400,800,1000", help="Comma-separated ef_search values.")
     parser.add_argument("--sizes", default="100000,1000000",
                         help="The sizes the --keep run loaded, in order: the vectors come from one random stream.")
-    parser.add_argument("--pool", type=int, default=13000)
+    parser.add_argument("--pool", type=int, default=13000, help="As the --keep run had it (retrieval.py's default).")
+    parser.add_argument("--noise", type=float, default=0.3, help="As the --keep run had it (retrieval.py's default).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--maintenance-work-mem", default="5GB")
     parser.add_argument("--output", default="hnsw-rebuild")
     return parser.parse_args(argv)
 
 
-def kept_vectors(sizes: list[int], pool: np.ndarray, seed: int) -> np.ndarray:
-    """The last size's vectors, drawn as retrieval.py drew them (noise 0.3, its default)."""
+def kept_vectors(sizes: list[int], pool: np.ndarray, *, noise: float, seed: int) -> np.ndarray:
+    """The last size's vectors, drawn from one random stream as retrieval.py drew them."""
     rng = np.random.default_rng(seed)
     for size in sizes:
-        vectors = retrieval.synthetic_vectors(pool, size, 0.3, rng)
+        vectors = retrieval.synthetic_vectors(pool, size, noise, rng)
     return vectors
 
 
@@ -52,18 +52,17 @@ def main(argv=None) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT id FROM documents_chunk WHERE collection_id = %s ORDER BY id", [collection.pk])
         chunk_ids = np.array([row[0] for row in cursor.fetchall()])
-    truth = retrieval.exact_neighbours(kept_vectors(sizes, retrieval.pool_load(folder, options.pool), options.seed),
-                                       query_vectors, chunk_ids, at=10)
+    vectors = kept_vectors(sizes, retrieval.pool_load(folder, options.pool), noise=options.noise, seed=options.seed)
+    truth = retrieval.exact_neighbours(vectors, query_vectors, chunk_ids, at=10)
+    del vectors
     figures = {"m": options.m, "ef_construction": options.ef_construction}
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [options.maintenance_work_mem])
-        cursor.execute('DROP INDEX IF EXISTS "chunk_embedding_hnsw"')
-        start = time.perf_counter()
-        cursor.execute("CREATE INDEX chunk_embedding_hnsw ON documents_chunk USING hnsw (embedding vector_cosine_ops) "
-                       f"WITH (m = {options.m}, ef_construction = {options.ef_construction})")
-        figures["build_seconds"] = round(time.perf_counter() - start, 1)
-        cursor.execute("SELECT pg_relation_size('chunk_embedding_hnsw') / 1e6")
-        figures["index_mb"] = round(float(cursor.fetchone()[0]))
+    built = {"chunk_embedding_hnsw": retrieval.hnsw_definition(
+        retrieval.index_definitions()["chunk_embedding_hnsw"],
+        argparse.Namespace(hnsw=[options.m, options.ef_construction], halfvec=False))}
+    retrieval.indexes_drop(built)
+    seconds = retrieval.indexes_create(built, maintenance_work_mem=options.maintenance_work_mem)
+    figures["build_seconds"] = round(seconds["chunk_embedding_hnsw"], 1)
+    figures["index_mb"] = retrieval.relation_sizes()["chunk_embedding_hnsw"]
     sql = retrieval.DENSE_SQL
     for ef_search in (int(value) for value in options.ef_search.split(",")):
         found, seconds = retrieval.dense_series(collection, query_vectors, sql=sql, ef_search=ef_search, warm_up=10)

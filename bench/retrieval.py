@@ -653,7 +653,8 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(options.seed)
     results = {}
     definitions = index_definitions()
-    with indexes_dropped(definitions, maintenance_work_mem=options.maintenance_work_mem):  # the migrations' indexes come back at the end, whatever was built
+    # The migrations' indexes come back at the end, whatever was built.
+    with indexes_dropped(definitions, maintenance_work_mem=options.maintenance_work_mem):
         for size in options.sizes:
             results[str(size)] = size_run(size, pool, query_texts, query_vectors, definitions, options, rng)
         if not options.keep:

@@ -71,7 +71,7 @@ def chunk_search(*, query: str, collection: Collection, reader, k: int | None = 
     k = k or settings.RETRIEVAL_CANDIDATES
     parsed = search_query(query)
     if mode != "fulltext" and embedding is None:
-        embedding = embed_query(parsed.embedded_text).tolist()
+        embedding = search_embedding(parsed)
     statement = search_statement(parsed=parsed, collection=collection, reader=reader, embedding=embedding,
                                  k=k, limit=limit or k, mode=mode, dense_weight=dense_weight)
     if statement is None:
@@ -85,6 +85,11 @@ def chunk_search(*, query: str, collection: Collection, reader, k: int | None = 
 def search_query(text: str) -> SearchQuery:
     """The question's parts for search, Chinese segmented for the full-text side."""
     return search_query_parse(text, segment=lambda part: segment_for_search(part) or part)
+
+
+def search_embedding(parsed: SearchQuery) -> list[float]:
+    """The vector the dense side searches with: the question's text without its exclusions, embedded."""
+    return embed_query(parsed.embedded_text).tolist()
 
 
 def search_statement(*, parsed: SearchQuery, collection: Collection, reader, embedding: Sequence[float] | None,

@@ -20,12 +20,11 @@ from django.utils.text import get_valid_filename
 from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
-from ragapp.documents.embedding import embed_query
 from ragapp.documents.models import Collection, Document
 from ragapp.documents.segmentation import CHINESE_RUN
 from ragapp.documents.services import collection_get_or_create, document_create, document_ingest
 from ragapp.retrieval.rerank_client import RerankerPool, RerankerUnavailable, rerank_order
-from ragapp.retrieval.selectors import chunk_search, search_query
+from ragapp.retrieval.selectors import chunk_search, search_embedding, search_query
 
 # Documents ranked per query: the depth of the deepest metric (R@100).
 RANKING_DEPTH = 100
@@ -253,7 +252,7 @@ def search_ranker(mode: str, *, dense_weight: float | None = None, embeddings: d
         embedding = None
         if embeddings is not None and mode != "fulltext":
             if query not in embeddings:
-                embeddings[query] = embed_query(search_query(query).embedded_text).tolist()
+                embeddings[query] = search_embedding(search_query(query))
             embedding = embeddings[query]
         # depth candidates per side; the limit keeps the whole fused list (both sides' chunks),
         # so that several chunks of one document still leave up to `depth` distinct documents.
