@@ -158,17 +158,16 @@ exact_from_rows AS (
                                         %(k1)s, %(b)s, query.terms, query.excluded, %(excluding)s) AS scored
 ),
 exact_from_postings AS (
-    -- Essential shares plus the optional lexemes' postings, summed per chunk in one pass (a join of the
-    -- two would leave its plan to row estimates that are guesses).
-    SELECT id, sum(score) AS score, bool_or(matches) AS matches, max(phrase_lexemes) AS phrase_lexemes
-    FROM (SELECT id, score, matches, phrase_lexemes, true AS candidate
-          FROM candidates WHERE NOT (SELECT chosen FROM by_rows)
-          UNION ALL
-          SELECT chunk_id, share, alone, NULL, false
-          FROM shares
-          WHERE NOT essential AND NOT (SELECT chosen FROM by_rows)) AS summed
-    GROUP BY id
-    HAVING bool_or(candidate)
+    -- Candidates plus their optional lexemes' shares. The optional lists are read whole, but only postings
+    -- of candidates are kept (a hash built once on the candidates), so only those are scored and summed.
+    SELECT candidate.id, candidate.score + coalesce(optional.score, 0) AS score,
+           candidate.matches OR coalesce(optional.matches, false) AS matches, candidate.phrase_lexemes
+    FROM candidates AS candidate
+         LEFT JOIN (SELECT chunk_id, sum(share) AS score, bool_or(alone) AS matches
+                    FROM shares
+                    WHERE NOT essential AND chunk_id IN (SELECT id FROM candidates)
+                    GROUP BY chunk_id) AS optional ON optional.chunk_id = candidate.id
+    WHERE NOT (SELECT chosen FROM by_rows)
 ),
 optional_lexemes AS (
     SELECT coalesce(array_agg(lexeme), '{}') AS lexemes FROM split_weights WHERE NOT essential
