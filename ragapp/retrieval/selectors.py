@@ -3,6 +3,7 @@
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from string import Template
 
@@ -79,7 +80,7 @@ def chunk_search(*, query: str, collection: Collection, reader, k: int | None = 
     with transaction.atomic(), connection.cursor() as cursor:
         search_session_configure(cursor, k=k, collection=collection)
         cursor.execute(*statement)
-        return [_candidate_from_row(row) for row in cursor.fetchall()]
+        return _candidates_from_rows(cursor.fetchall())
 
 
 def search_query(text: str) -> SearchQuery:
@@ -119,7 +120,7 @@ def search_statement(*, parsed: SearchQuery, collection: Collection, reader, emb
     use_dense, use_fulltext = mode in ("dense", "hybrid"), mode in ("fulltext", "hybrid")
     return statement, {
         **permitted_params,
-        "embedding": [float(value) for value in embedding] if use_dense else None,
+        "embedding": _vector_literal(embedding) if use_dense else None,
         "language": collection.language,
         "scored_text": parsed.scored_text if use_fulltext else "",
         "matched_text": parsed.matched_text if use_fulltext else "",
@@ -141,6 +142,12 @@ def search_session_configure(cursor, *, k: int, collection: Collection) -> None:
                                  "work_mem": SEARCH_WORK_MEM})
 
 
+def _vector_literal(embedding: Sequence[float]) -> str:
+    """pgvector's text form of `embedding`: one string to send and parse, where a list is bound as an array of
+    numbers, twice (the statement names the vector twice)."""
+    return "[" + ",".join(repr(float(value)) for value in embedding) + "]"
+
+
 def _named_parameters(sql: str, params: Sequence, *, prefix: str) -> tuple[str, dict]:
     """Django's compiled SQL with its positional %s turned into named ones, to sit inside HYBRID_SQL."""
     names = [f"{prefix}_{index}" for index in range(len(params))]
@@ -149,11 +156,40 @@ def _named_parameters(sql: str, params: Sequence, *, prefix: str) -> tuple[str, 
     return sql, dict(zip(names, params))
 
 
-def _candidate_from_row(row) -> Candidate:
-    (chunk_id, ordinal, text, page, heading_path, char_start, char_end, token_count,
-     document_id, title, original_filename, content_type, file, dense_rank, fulltext_rank, score) = row
-    document = Document(id=document_id, title=title, original_filename=original_filename,
-                        content_type=content_type, file=file)
-    chunk = Chunk(id=chunk_id, document=document, ordinal=ordinal, text=text, page=page,
-                  heading_path=heading_path, char_start=char_start, char_end=char_end, token_count=token_count)
-    return Candidate(chunk=chunk, dense_rank=dense_rank, fulltext_rank=fulltext_rank, score=float(score))
+# The statement's columns, in its order: the chunk's, then its document's, then the ranks and the fused score.
+CHUNK_COLUMNS = ("id", "ordinal", "text", "page", "heading_path", "char_start", "char_end", "token_count")
+DOCUMENT_COLUMNS = ("id", "title", "original_filename", "content_type", "file")
+
+
+def _candidates_from_rows(rows) -> list[Candidate]:
+    """The statement's rows as candidates, loaded as Django loads a query's rows (`from_db`: positional, cheaper
+    than keyword construction), with one Document object per document."""
+    chunk_loader, document_loader = _loader(Chunk, CHUNK_COLUMNS), _loader(Document, DOCUMENT_COLUMNS)
+    documents, candidates = {}, []
+    for row in rows:
+        chunk_values, document_values = row[:len(CHUNK_COLUMNS)], row[len(CHUNK_COLUMNS):-3]
+        dense_rank, fulltext_rank, score = row[-3:]
+        document = documents.get(document_values[0])
+        if document is None:
+            document = documents[document_values[0]] = document_loader(document_values)
+        chunk = chunk_loader(chunk_values)
+        chunk.document = document
+        candidates.append(Candidate(chunk=chunk, dense_rank=dense_rank, fulltext_rank=fulltext_rank, score=float(score)))
+    return candidates
+
+
+@cache
+def _loader(model, columns: tuple[str, ...]):
+    """A function from values in `columns`' order to a loaded `model` instance. `from_db` takes them in the order
+    of the model's fields, converted as a query would (a JSON column arrives as text)."""
+    fields = [field for field in model._meta.concrete_fields if field.attname in columns]
+    names = [field.attname for field in fields]
+    positions = [columns.index(name) for name in names]
+    converters = [getattr(field, "from_db_value", None) for field in fields]
+
+    def load(values):
+        converted = [values[position] if convert is None else convert(values[position], None, connection)
+                     for position, convert in zip(positions, converters)]
+        return model.from_db(connection.alias, names, converted)
+
+    return load

@@ -35,6 +35,17 @@ def test_hybrid_returns_chunk_document_both_ranks_and_fused_score(collection, po
     assert "Taxi" in best.chunk.text and best.document.title == "travel"
 
 
+def test_each_candidate_carries_its_chunks_and_documents_stored_fields(collection, policies):
+    columns = ["id", "ordinal", "text", "page", "heading_path", "char_start", "char_end", "token_count", "document_id"]
+    for result in chunk_search(query="How are taxi rides reimbursed?", collection=collection, reader=None, k=10):
+        stored = Chunk.objects.select_related("document").get(pk=result.chunk.pk)
+        assert [getattr(result.chunk, name) for name in columns] == [getattr(stored, name) for name in columns]
+        assert (result.document.pk, result.document.title, result.document.original_filename,
+                result.document.content_type, result.document.file.name) == (
+            stored.document.pk, stored.document.title, stored.document.original_filename,
+            stored.document.content_type, stored.document.file.name)
+
+
 def test_a_chunk_found_by_one_side_only_still_scores(collection, policies):
     results = chunk_search(query="descaled", collection=collection, reader=None, k=10)
     by_file = {r.document.original_filename: r for r in results}
