@@ -159,13 +159,15 @@ exact_from_rows AS (
 ),
 exact_from_postings AS (
     -- Candidates plus their optional lexemes' shares. The optional lists are read whole, but only postings
-    -- of candidates are kept (a hash built once on the candidates), so only those are scored and summed.
+    -- of candidates are kept, so only those are scored and summed. `IS TRUE` keeps the IN a hashed subplan
+    -- (a hash built once on the candidates): as a join, the planner's guess at the candidates' count (1-2
+    -- rows) picked a nested loop that unnested every list once per candidate (0.1 -> 0.7 s on CMRC).
     SELECT candidate.id, candidate.score + coalesce(optional.score, 0) AS score,
            candidate.matches OR coalesce(optional.matches, false) AS matches, candidate.phrase_lexemes
     FROM candidates AS candidate
          LEFT JOIN (SELECT chunk_id, sum(share) AS score, bool_or(alone) AS matches
                     FROM shares
-                    WHERE NOT essential AND chunk_id IN (SELECT id FROM candidates)
+                    WHERE NOT essential AND (chunk_id IN (SELECT id FROM candidates)) IS TRUE
                     GROUP BY chunk_id) AS optional ON optional.chunk_id = candidate.id
     WHERE NOT (SELECT chosen FROM by_rows)
 ),

@@ -186,3 +186,25 @@ def test_both_ways_of_scoring_candidates_are_taken_here(large_collection):
                 cursor.execute(statement, params)
                 taken.update(row[0] for row in cursor.fetchall())
     assert taken == {True, False}
+
+
+def test_optional_postings_meet_the_candidates_in_a_hash_never_a_loop_per_candidate(large_collection):
+    """Reading the optional postings must cost one pass whatever the planner guesses of the candidates' count."""
+    plans = [_analysed_plan(large_collection, question) for question in QUESTIONS]
+    by_postings = [plan for plan in plans if _executed(plan, "CTE Scan on candidates candidate ")]
+    assert by_postings, "no question took the postings way: the test has nothing to check"
+    for plan in by_postings:
+        assert "hashed SubPlan" in plan
+        assert "Join Filter: (posting.chunk_id = " not in plan
+
+
+def _analysed_plan(collection, question: str, k: int = 100) -> str:
+    statement, params = search_statement(parsed=search_query(question), collection=collection, reader=None,
+                                         embedding=None, k=k, limit=k, mode="fulltext")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + statement, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def _executed(plan: str, node: str) -> bool:
+    return "never executed" not in next(line for line in plan.splitlines() if node in line)
