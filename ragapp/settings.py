@@ -302,9 +302,10 @@ CHUNK_TOKENS, CHUNK_OVERLAP_TOKENS = chunk_budget()
 # Retrieval: candidates taken from each side before fusion, and the RRF constant.
 RETRIEVAL_CANDIDATES = env_int("RETRIEVAL_CANDIDATES", 100, minimum=1)
 RRF_K = env_int("RRF_K", 60, minimum=0)
-# 400: recall@10 0.98 at 1M chunks with the index's m=32 / ef_construction=200 (0.9995 at 800, for twice the
-# time; bench/README.md, retrieval.py). Small collections use less (retrieval/selectors.py).
-HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 400, minimum=1, maximum=1000)
+# 800: three builds of the index (m=32 / ef_construction=200) over the same 1M vectors gave recall@10 0.9995,
+# 0.9995 and 0.982 at 800, but 0.9825, 0.9745 and 0.9495 at 400 (bench/README.md, retrieval.py). Small
+# collections use less (retrieval/selectors.py).
+HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 800, minimum=1, maximum=1000)
 
 # Reranker workers (reranking.server), tried in turn; empty: results keep retrieval order, flagged.
 RERANKER_URLS = env_urls("RERANKER_URL", "http://127.0.0.1:8002")
