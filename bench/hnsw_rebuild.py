@@ -40,8 +40,6 @@ def kept_vectors(sizes: list[int], pool: np.ndarray, *, noise: float, seed: int)
 def main(argv=None) -> None:
     options = options_parse(argv)
     django_setup()
-    from django.db import connection
-
     from ragapp.documents.embedding import embed_texts
     from ragapp.documents.models import Collection
 
@@ -49,16 +47,12 @@ def main(argv=None) -> None:
     folder = scifact_path(None)
     query_vectors = embed_texts(scifact_queries(folder, 200))
     collection = Collection.objects.get(name=f"{retrieval.COLLECTION_PREFIX}retrieval-{sizes[-1]}")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM documents_chunk WHERE collection_id = %s ORDER BY id", [collection.pk])
-        chunk_ids = np.array([row[0] for row in cursor.fetchall()])
     vectors = kept_vectors(sizes, retrieval.pool_load(folder, options.pool), noise=options.noise, seed=options.seed)
-    truth = retrieval.exact_neighbours(vectors, query_vectors, chunk_ids, at=10)
+    truth = retrieval.exact_neighbours(vectors, query_vectors, retrieval.chunk_ids_ascending(collection), at=10)
     del vectors
     figures = {"m": options.m, "ef_construction": options.ef_construction}
-    built = {"chunk_embedding_hnsw": retrieval.hnsw_definition(
-        retrieval.index_definitions()["chunk_embedding_hnsw"],
-        argparse.Namespace(hnsw=[options.m, options.ef_construction], halfvec=False))}
+    built = {"chunk_embedding_hnsw": retrieval.hnsw_definition(retrieval.index_definitions()["chunk_embedding_hnsw"],
+                                                               hnsw=[options.m, options.ef_construction], halfvec=False)}
     retrieval.indexes_drop(built)
     seconds = retrieval.indexes_create(built, maintenance_work_mem=options.maintenance_work_mem)
     figures["build_seconds"] = round(seconds["chunk_embedding_hnsw"], 1)

@@ -260,12 +260,12 @@ def indexes_drop(definitions: dict[str, str]) -> None:
             cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
 
 
-def hnsw_definition(definition: str, options) -> str:
-    """The migration's HNSW index, with --hnsw's m and ef_construction and --halfvec's cast when given."""
-    if options.hnsw:
-        m, ef_construction = options.hnsw
+def hnsw_definition(definition: str, *, hnsw: list[int] | None, halfvec: bool) -> str:
+    """The migration's HNSW index, with `hnsw`'s m and ef_construction and `halfvec`'s cast when given."""
+    if hnsw:
+        m, ef_construction = hnsw
         definition = definition[:definition.index(" WITH (")] + f" WITH (m='{m}', ef_construction='{ef_construction}')"
-    if options.halfvec:
+    if halfvec:
         definition = definition.replace("(embedding vector_cosine_ops)", "((embedding::halfvec(384)) halfvec_cosine_ops)")
     return definition
 
@@ -384,6 +384,13 @@ def server_settings() -> dict:
 
 
 # ---- measuring --------------------------------------------------------------------------------
+
+def chunk_ids_ascending(collection) -> np.ndarray:
+    """The collection's chunk ids in ascending order: the order COPY loaded their vectors in."""
+    from ragapp.documents.models import Chunk
+
+    return np.array(Chunk.objects.filter(collection=collection).order_by("id").values_list("id", flat=True))
+
 
 def exact_neighbours(vectors: np.ndarray, query_vectors: np.ndarray, chunk_ids: np.ndarray, at: int) -> list[list[int]]:
     """The ids of each query's `at` nearest chunks by cosine (unit vectors: the largest dot products)."""
@@ -571,7 +578,8 @@ def size_run(size: int, pool, query_texts, query_vectors, definitions, options, 
     collection = collection_load(size, texts=texts, tokens=tokens, vectors=vectors, options=options)
     load["copy_with_text_index_seconds"] = time.perf_counter() - begun
     print("  building the indexes ...", flush=True)
-    built = {**definitions, "chunk_embedding_hnsw": hnsw_definition(definitions["chunk_embedding_hnsw"], options)}
+    built = {**definitions, "chunk_embedding_hnsw": hnsw_definition(definitions["chunk_embedding_hnsw"],
+                                                                   hnsw=options.hnsw, halfvec=options.halfvec)}
     index_seconds = indexes_create(built, maintenance_work_mem=options.maintenance_work_mem)
     load["gin_index_seconds"] = index_seconds["chunk_search_vector_gin"]
     load["hnsw_index_seconds"] = index_seconds["chunk_embedding_hnsw"]
@@ -581,10 +589,7 @@ def size_run(size: int, pool, query_texts, query_vectors, definitions, options, 
             cursor.execute(f"VACUUM ANALYZE {table}")
     load["vacuum_analyze_seconds"] = time.perf_counter() - begun
     load_seconds = time.perf_counter() - start
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM documents_chunk WHERE collection_id = %s ORDER BY id", [collection.pk])
-        chunk_ids = np.array([row[0] for row in cursor.fetchall()])
-    truth = exact_neighbours(vectors, query_vectors, chunk_ids, at=10)  # COPY kept the order: ids ascend with index
+    truth = exact_neighbours(vectors, query_vectors, chunk_ids_ascending(collection), at=10)  # COPY kept the order
     del texts, vectors
     figures = size_measure(collection, query_texts, query_vectors, truth, options)
     ef_search = str(chunk_search_ef(collection))

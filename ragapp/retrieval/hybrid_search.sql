@@ -167,7 +167,8 @@ exact_from_postings AS (
     FROM candidates AS candidate
          LEFT JOIN (SELECT chunk_id, sum(share) AS score, bool_or(alone) AS matches
                     FROM shares
-                    WHERE NOT essential AND (chunk_id IN (SELECT id FROM candidates)) IS TRUE
+                    WHERE NOT essential AND NOT (SELECT chosen FROM by_rows)
+                      AND (chunk_id IN (SELECT id FROM candidates)) IS TRUE
                     GROUP BY chunk_id) AS optional ON optional.chunk_id = candidate.id
     WHERE NOT (SELECT chosen FROM by_rows)
 ),

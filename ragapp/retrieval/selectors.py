@@ -185,11 +185,16 @@ def _loader(model, columns: tuple[str, ...]):
     fields = [field for field in model._meta.concrete_fields if field.attname in columns]
     names = [field.attname for field in fields]
     positions = [columns.index(name) for name in names]
-    converters = [getattr(field, "from_db_value", None) for field in fields]
+    converters = [field.get_db_converters(connection) for field in fields]
 
     def load(values):
-        converted = [values[position] if convert is None else convert(values[position], None, connection)
-                     for position, convert in zip(positions, converters)]
-        return model.from_db(connection.alias, names, converted)
+        return model.from_db(connection.alias, names, [_converted(values[position], field_converters)
+                                                       for position, field_converters in zip(positions, converters)])
 
     return load
+
+
+def _converted(value, converters):
+    for convert in converters:
+        value = convert(value, None, connection)
+    return value

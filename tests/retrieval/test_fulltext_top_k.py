@@ -56,9 +56,13 @@ def _unit(rng) -> list[float]:
     return (vector / np.linalg.norm(vector)).tolist()
 
 
+def _fulltext_statement(collection, question: str, *, k: int, template: Template | None = None) -> tuple[str, dict]:
+    return search_statement(parsed=search_query(question), collection=collection, reader=None, embedding=None,
+                            k=k, limit=k, mode="fulltext", **({"template": template} if template else {}))
+
+
 def _fulltext(collection, question: str, *, k: int, template: Template | None = None) -> list[tuple[int, int]]:
-    statement = search_statement(parsed=search_query(question), collection=collection, reader=None, embedding=None,
-                                 k=k, limit=k, mode="fulltext", **({"template": template} if template else {}))
+    statement = _fulltext_statement(collection, question, k=k, template=template)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(*statement)
         return [(row[0], row[14]) for row in cursor.fetchall()]  # chunk id, full-text rank
@@ -199,8 +203,7 @@ def test_optional_postings_meet_the_candidates_in_a_hash_never_a_loop_per_candid
 
 
 def _analysed_plan(collection, question: str, k: int = 100) -> str:
-    statement, params = search_statement(parsed=search_query(question), collection=collection, reader=None,
-                                         embedding=None, k=k, limit=k, mode="fulltext")
+    statement, params = _fulltext_statement(collection, question, k=k)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + statement, params)
         return "\n".join(row[0] for row in cursor.fetchall())
