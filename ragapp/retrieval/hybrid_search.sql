@@ -70,7 +70,11 @@ ordered_weights AS MATERIALIZED (
     SELECT lexeme, chunk_count, idf, alone,
            -- Postings before this lexeme's in the seed's order: lexemes that match alone, rarest first, then the others.
            sum(chunk_count) OVER (ORDER BY NOT alone, chunk_count, lexeme) - chunk_count AS seed_postings_before,
-           sum(bound) OVER (ORDER BY bound, lexeme) AS bound_so_far  -- this lexeme's and every smaller bound's
+           sum(bound) OVER (ORDER BY bound, lexeme) AS bound_so_far,  -- this lexeme's and every smaller bound's
+           -- Its bit in a chunk's mask of phrase words: a mask aggregates in fixed space, where an array's unknown size
+           -- made the planner spill the partial sums to disk past ~8k chunks. The 64th bit stands for every lexeme from the
+           -- 64th on, so a mask never names fewer lexemes than a chunk holds.
+           1::int8 << least(row_number() OVER (ORDER BY lexeme) - 1, 63)::int AS phrase_bit
     FROM weights
 ),
 lexeme_weights AS (
@@ -111,7 +115,7 @@ optional_bound AS (
 shares AS NOT MATERIALIZED (
     -- One row per posting of a query lexeme: what it adds to its chunk's score. Inlined where it is read,
     -- so each reader's filter on `essential` decides which lexemes' blocks are read at all.
-    SELECT posting.chunk_id, split_weights.lexeme, split_weights.alone, split_weights.essential,
+    SELECT posting.chunk_id, split_weights.lexeme, split_weights.alone, split_weights.essential, split_weights.phrase_bit,
            bm25_term(posting.frequency, posting.length, split_weights.idf, statistics.mean_length, %(k1)s, %(b)s) AS share
     FROM split_weights
          JOIN $posting_table AS block
@@ -121,9 +125,9 @@ shares AS NOT MATERIALIZED (
 ),
 partial AS MATERIALIZED (
     -- Every chunk holding an essential lexeme, with those lexemes' share of its score, whether one of
-    -- them matches the question alone, and those that do not (words of phrases).
+    -- them matches the question alone, and the mask of those that do not (words of phrases).
     SELECT chunk_id AS id, sum(share) AS score, bool_or(alone) AS matches,
-           array_agg(lexeme) FILTER (WHERE NOT alone) AS phrase_lexemes
+           bit_or(phrase_bit) FILTER (WHERE NOT alone) AS phrase_mask
     FROM shares
     WHERE essential
     GROUP BY chunk_id
@@ -139,7 +143,7 @@ floor AS (
                     0) AS score
 ),
 candidates AS MATERIALIZED (
-    SELECT partial.id, partial.score, partial.matches, partial.phrase_lexemes
+    SELECT partial.id, partial.score, partial.matches, partial.phrase_mask
     FROM partial CROSS JOIN optional_bound
     WHERE partial.score + optional_bound.score + 1e-9 >= (SELECT score FROM floor)
 ),
@@ -158,42 +162,45 @@ exact_from_rows AS (
                                         %(k1)s, %(b)s, query.terms, query.excluded, %(excluding)s) AS scored
 ),
 exact_from_postings AS (
-    -- Candidates plus their optional lexemes' shares. The optional lists are read whole, but only postings
-    -- of candidates are kept, so only those are scored and summed. `IS TRUE` keeps the IN a hashed subplan
-    -- (a hash built once on the candidates): as a join, the planner's guess at the candidates' count (1-2
-    -- rows) picked a nested loop that unnested every list once per candidate (0.1 -> 0.7 s on CMRC).
-    SELECT candidate.id, candidate.score + coalesce(optional.score, 0) AS score,
-           candidate.matches OR coalesce(optional.matches, false) AS matches, candidate.phrase_lexemes
-    FROM candidates AS candidate
-         LEFT JOIN (SELECT chunk_id, sum(share) AS score, bool_or(alone) AS matches
-                    FROM shares
-                    WHERE NOT essential AND NOT (SELECT chosen FROM by_rows)
-                      AND (chunk_id IN (SELECT id FROM candidates)) IS TRUE
-                    GROUP BY chunk_id) AS optional ON optional.chunk_id = candidate.id
-    WHERE NOT (SELECT chosen FROM by_rows)
+    -- Candidates plus their optional lexemes' shares, summed in one hash aggregate (a join here was planned as a
+    -- nested loop when the candidates were guessed few). The optional lists are read whole, but only postings
+    -- of candidates are kept: `IS TRUE` keeps the IN a hashed subplan, a hash built once on the candidates.
+    SELECT id, sum(score) AS score, bool_or(matches) AS matches, bit_or(phrase_mask) AS phrase_mask
+    FROM (SELECT id, score, matches, phrase_mask FROM candidates WHERE NOT (SELECT chosen FROM by_rows)
+          UNION ALL
+          SELECT chunk_id, share, alone, NULL
+          FROM shares
+          WHERE NOT essential AND NOT (SELECT chosen FROM by_rows)
+            AND (chunk_id IN (SELECT id FROM candidates)) IS TRUE) AS part
+    GROUP BY id
 ),
-optional_lexemes AS (
-    SELECT coalesce(array_agg(lexeme), '{}') AS lexemes FROM split_weights WHERE NOT essential
-),
-bm25 AS (
-    SELECT id, score FROM exact_from_rows  -- those rows hold only chunks the question matches
+exact AS (
+    SELECT id, score, true AS checked, false AS matches, NULL::int8 AS phrase_mask FROM exact_from_rows
     UNION ALL
-    -- A chunk holding a lexeme that matches alone is matched; any other, or any chunk when words are
-    -- excluded, is checked against its own row, unless its phrase words (with every optional lexeme,
-    -- which it may hold) cannot satisfy the question even out of order.
-    SELECT exact.id, exact.score
-    FROM exact_from_postings AS exact CROSS JOIN query CROSS JOIN optional_lexemes
-    WHERE CASE WHEN NOT %(excluding)s AND exact.matches THEN true
-               WHEN NOT %(excluding)s AND NOT array_to_tsvector(coalesce(exact.phrase_lexemes, '{}') || optional_lexemes.lexemes)
-                                              @@ query.unordered_terms THEN false
-               ELSE EXISTS (SELECT 1 FROM $chunk_table AS chunk
-                            WHERE chunk.id = exact.id AND chunk.search_vector @@ query.terms
-                              AND NOT (%(excluding)s AND chunk.search_vector @@ ANY (query.excluded)))
-          END
+    SELECT id, score, false, matches, phrase_mask FROM exact_from_postings
+),
+ranked AS (
+    -- Best first, behind a fence (OFFSET 0), so that the check below runs on the best chunks only, until k pass.
+    SELECT * FROM exact ORDER BY score DESC, id OFFSET 0
 ),
 fulltext AS (
-    SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM bm25
-    ORDER BY rank
+    -- A chunk holding a lexeme that matches alone is matched; any other, or any chunk when words are
+    -- excluded, is checked against its own row, unless its phrase words (with every optional lexeme,
+    -- which it may hold) cannot satisfy the question even out of order. Rows scored from the chunks'
+    -- rows were checked there.
+    SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank
+    FROM ranked
+    WHERE CASE WHEN ranked.checked THEN true
+               WHEN NOT %(excluding)s AND ranked.matches THEN true
+               WHEN NOT %(excluding)s
+                    AND NOT array_to_tsvector(ARRAY(SELECT lexeme FROM split_weights
+                                                    WHERE NOT essential OR coalesce(ranked.phrase_mask & phrase_bit, 0) <> 0))
+                            @@ (SELECT unordered_terms FROM query) THEN false
+               ELSE EXISTS (SELECT 1 FROM $chunk_table AS chunk
+                            WHERE chunk.id = ranked.id AND chunk.search_vector @@ (SELECT terms FROM query)
+                              AND NOT (%(excluding)s AND chunk.search_vector @@ ANY ((SELECT excluded FROM query)::tsquery[])))
+          END
+    ORDER BY score DESC, id
     LIMIT %(fulltext_k)s
 ),
 fused AS (
