@@ -131,6 +131,9 @@ partial AS MATERIALIZED (
     FROM shares
     WHERE essential
     GROUP BY chunk_id
+    -- A chunk that cannot reach the seed's floor even with every optional lexeme is no candidate, whatever the floor
+    -- becomes, and cannot be among the k that raise it: not kept, so not scanned again.
+    HAVING sum(share) + (SELECT score FROM optional_bound) + 1e-9 >= (SELECT score FROM seed_floor)
 ),
 floor AS (
     -- A higher floor, when k chunks surely matched by the question (and no exclusion to rule them out)
