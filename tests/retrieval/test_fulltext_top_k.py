@@ -215,9 +215,8 @@ def _scored_by_rows(collection, question: str, k: int = 100) -> bool | None:
     return row[0] if row else None
 
 
-def _analysed_plan(collection, question: str, k: int = 100, *, work_mem: str | None = None,
-                   template: Template | None = None) -> str:
-    statement, params = _fulltext_statement(collection, question, k=k, template=template)
+def _analysed_plan(collection, question: str, k: int = 100, *, work_mem: str | None = None) -> str:
+    statement, params = _fulltext_statement(collection, question, k=k)
     with transaction.atomic(), connection.cursor() as cursor:
         if work_mem:
             cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem])
