@@ -56,9 +56,8 @@ POSTINGS_NOW = """
     WHERE chunk.collection_id = %(collection)s
 """
 POSTINGS_STORED = """
-    SELECT block.lexeme, posting.chunk_id, posting.frequency, posting.length, block.block
-    FROM documents_postingblock AS block
-         CROSS JOIN LATERAL unnest(block.chunk_ids, block.frequencies, block.lengths) AS posting (chunk_id, frequency, length)
+    SELECT block.lexeme, posting_chunk(block.block, posting), posting_frequency(posting), posting_length(posting), block.block
+    FROM documents_postingblock AS block CROSS JOIN LATERAL unnest(block.postings) AS posting
     WHERE block.collection_id = %(collection)s
 """
 # Rows in one and not the other, either way (EXCEPT ALL: a posting stored twice is a difference too).

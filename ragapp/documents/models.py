@@ -196,21 +196,20 @@ class PostingBlock(models.Model):
     Blocks bound what adding one document rewrites: a few short arrays, never a common lexeme's
     whole list (the range is chunk id / 4096, in migration 0005's SQL).
 
-    The three arrays run in parallel. A chunk's length is its number of distinct lexemes, as BM25
-    reads it. Kept exact by the same triggers as CollectionLexeme; chunks deleted with their
-    collection take their blocks with them through those triggers, hence DO_NOTHING here.
+    Each posting is one number, in chunk order: the chunk, its frequency of the lexeme and its length
+    (its number of distinct lexemes, as BM25 reads it), packed as migration 0009 says. Kept exact by the
+    same triggers as CollectionLexeme; chunks deleted with their collection take their blocks with them
+    through those triggers, hence DO_NOTHING here.
     """
 
     pk = models.CompositePrimaryKey("collection", "lexeme", "block")
     collection = models.ForeignKey(Collection, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
     lexeme = models.TextField()
     block = models.IntegerField()
-    chunk_ids = ArrayField(models.BigIntegerField())
-    frequencies = ArrayField(models.IntegerField())
-    lengths = ArrayField(models.IntegerField())
+    postings = ArrayField(models.BigIntegerField())
 
     def __str__(self) -> str:
-        return f"{self.lexeme} block {self.block}: {len(self.chunk_ids)} chunks"
+        return f"{self.lexeme} block {self.block}: {len(self.postings)} chunks"
 
 
 class EmbeddingSpace(models.Model):

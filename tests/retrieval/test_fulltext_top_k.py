@@ -29,6 +29,7 @@ QUESTIONS = [
     "expense policy for travel by train or taxi", "the security of the network server backup",
     '"travel policy" hotel', "budget report -meeting", 'office -"parking kitchen"', "x-ray of the desk monitor",
     "the of and", "unheardofword", "salary salary salary", '"pension insurance" hotel',
+    "x-ray invoice receipt travel",  # few candidates, common optional words: scored from the chunks' rows
 ]
 
 
