@@ -9,12 +9,15 @@ totals, lexeme counts and posting blocks once per batch), then the HNSW and GIN 
 and VACUUM ANALYZE runs; all of it is timed as the load.
 
 Measured on real SciFact queries embedded with the real model, the query vectors computed beforehand:
-- chunk_search itself in each mode (dense, fulltext, hybrid; k = RETRIEVAL_CANDIDATES): p50/p95;
+- chunk_search itself in each mode (dense, fulltext, hybrid; k = RETRIEVAL_CANDIDATES): p50/p95, the three modes
+  timed in turn on each question (warm-up included) so that the machine's drift over minutes falls on all three
+  alike and stays out of their ratios;
 - the full-text side against its peer, the exact BM25 statement it replaced (bench/hybrid_search_exact.sql,
   which scores every chunk holding a query word): top-10 and top-100 overlap, and its latency;
 - HNSW recall@10 against exact nearest neighbours (computed with numpy over the loaded vectors), at
   chunk_search's ef_search and at the --ef-search-sweep values;
-- hybrid throughput with --concurrency clients (threads, one connection each) against one client.
+- hybrid throughput with --concurrency clients (processes, one connection each) against one client, who runs
+  in a process of its own the same way.
 
 The benchmark drops and rebuilds the chunk table's indexes, so it refuses to run on a database with chunks
 other than its own: run it on a throwaway DATA_DIR.
@@ -24,6 +27,7 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import threading
 import time
 from contextlib import contextmanager
@@ -49,6 +53,8 @@ PEERS = {
     "hnsw": "exact nearest neighbours by cosine, numpy over the loaded vectors",
     "concurrency": "the same hybrid searches from one client",
 }
+# Spawning a client, setting Django up and its first search take seconds; a client that has not begun by now is stuck.
+CLIENT_START_SECONDS = 300
 DENSE_SQL = """
 SELECT id FROM documents_chunk WHERE collection_id = %(collection_id)s
 ORDER BY embedding <=> %(embedding)s::vector LIMIT %(limit)s
@@ -434,17 +440,23 @@ def recall(found: list[list[int]], truth: list[list[int]], at: int) -> float:
     return round(float(np.mean(hits)), 4)
 
 
-def search_series(collection, query_texts, query_vectors, *, mode: str, k: int, warm_up: int, template=None):
-    """Time chunk_search (or `template` in its place) with the query vectors given; return ids ranked and seconds."""
-    results, seconds = [], []
+def search_series(collection, query_texts, query_vectors, *, modes: tuple[str, ...], k: int, warm_up: int,
+                  template=None) -> dict[str, tuple[list[list[int]], list[float]]]:
+    """Time chunk_search (or `template` in its place) in each mode; return each mode's ids ranked and seconds.
+
+    The modes take turns on each question, each call timed on its own: the machine drifts over minutes, and
+    series run one after another would carry that drift into the ratios between modes.
+    """
+    series = {mode: ([], []) for mode in modes}
     for index in range(-min(warm_up, len(query_texts)), len(query_texts)):
-        start = time.perf_counter()
-        ids = search_ids(collection, query_texts[index], query_vectors[index], mode=mode, k=k, template=template)
-        elapsed = time.perf_counter() - start
-        if index >= 0:
-            results.append(ids)
-            seconds.append(elapsed)
-    return results, seconds
+        for mode in modes:
+            start = time.perf_counter()
+            ids = search_ids(collection, query_texts[index], query_vectors[index], mode=mode, k=k, template=template)
+            elapsed = time.perf_counter() - start
+            if index >= 0:
+                series[mode][0].append(ids)
+                series[mode][1].append(elapsed)
+    return series
 
 
 def search_ids(collection, query_text: str, query_vector, *, mode: str, k: int, template=None) -> list[int]:
@@ -479,31 +491,55 @@ def overlap(found: list[list[int]], reference: list[list[int]], at: int) -> floa
 
 
 def throughput(collection, query_texts, query_vectors, *, clients: int, k: int) -> float:
-    """Hybrid searches per second with `clients` threads sharing the queries, each with its own connection.
+    """Hybrid searches per second with `clients` processes sharing the queries, each with its own connection.
 
-    Each thread connects and runs one untimed search first; the clock starts when all are ready.
+    Processes, not threads: each search builds its statement and its rows in Python, which threads of one
+    interpreter take in turns. One client is a process too, so that the ratio compares like with like.
+    Each client connects and runs one untimed search first; the clock runs from all ready to all done.
     """
+    # Spawned, not forked: a child must set Django up and open its own connection, never share the parent's.
+    context = multiprocessing.get_context("spawn")
+    ready, done = context.Barrier(clients + 1), context.Barrier(clients + 1)
+    shares = [(list(query_texts[offset::clients]), np.asarray(query_vectors[offset::clients])) for offset in range(clients)]
+    processes = [  # daemons: a client stuck after a failure ends with this process
+        context.Process(target=throughput_client, args=(collection.pk, texts, vectors, k, ready, done), daemon=True)
+        for texts, vectors in shares
+    ]
+    for process in processes:
+        process.start()
+    try:
+        ready.wait(timeout=CLIENT_START_SECONDS)
+        start = time.perf_counter()
+        done.wait()
+        elapsed = time.perf_counter() - start
+    except threading.BrokenBarrierError:
+        raise SystemExit("A throughput client failed or did not start in time: see its traceback above.") from None
+    finally:
+        for process in processes:
+            process.join(timeout=10)  # time for a failed client to print its traceback; a stuck one is a daemon
+    return len(query_texts) / elapsed
+
+
+def throughput_client(collection_pk: int, query_texts: list[str], query_vectors: np.ndarray, k: int, ready, done) -> None:
+    """One client of `throughput`, in a process of its own: connect, search once untimed, then search each query."""
+    django_setup()
     from django.db import connection
 
-    ready = threading.Barrier(clients + 1)
+    from ragapp.documents.models import Collection
 
-    def client(indexes):
-        try:
-            search_ids(collection, query_texts[indexes[0]], query_vectors[indexes[0]], mode="hybrid", k=k)
-            ready.wait()
-            for index in indexes:
-                search_ids(collection, query_texts[index], query_vectors[index], mode="hybrid", k=k)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client, args=(range(offset, len(query_texts), clients),)) for offset in range(clients)]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return len(query_texts) / (time.perf_counter() - start)
+    try:
+        collection = Collection.objects.get(pk=collection_pk)
+        search_ids(collection, query_texts[0], query_vectors[0], mode="hybrid", k=k)
+        ready.wait()
+        for query_text, query_vector in zip(query_texts, query_vectors):
+            search_ids(collection, query_text, query_vector, mode="hybrid", k=k)
+        done.wait()
+    except BaseException:
+        ready.abort()  # else the parent and the other clients would wait for this one
+        done.abort()
+        raise
+    finally:
+        connection.close()
 
 
 def chunk_search_ef(collection) -> int:
@@ -535,21 +571,20 @@ def size_measure(collection, query_texts, query_vectors, truth, options) -> dict
     k = settings.RETRIEVAL_CANDIDATES
     if options.hnsw_only:
         return {"hnsw_sweep": hnsw_sweep(collection, query_vectors, truth, options)}
-    figures = {}
-    for mode in ("dense", "fulltext", "hybrid"):
-        print(f"  chunk_search {mode}, k={k} ...", flush=True)
-        results, seconds = search_series(collection, query_texts, query_vectors, mode=mode, k=k, warm_up=options.warm_up)
-        figures[mode] = {**latency_summary(seconds), "results": results}
+    modes = ("dense", "fulltext", "hybrid")
+    print(f"  chunk_search {', '.join(modes)} in turn on each question, k={k} ...", flush=True)
+    series = search_series(collection, query_texts, query_vectors, modes=modes, k=k, warm_up=options.warm_up)
+    figures = {mode: {**latency_summary(seconds), "results": results} for mode, (results, seconds) in series.items()}
     reference_count = min(options.reference_queries, len(query_texts))
     print(f"  the peer: exact full text, {reference_count} queries ...", flush=True)
-    exact, exact_seconds = search_series(collection, query_texts[:reference_count], query_vectors, mode="fulltext",
-                                         k=k, warm_up=0, template=EXACT_SQL)
+    exact, exact_seconds = search_series(collection, query_texts[:reference_count], query_vectors, modes=("fulltext",),
+                                         k=k, warm_up=0, template=EXACT_SQL)["fulltext"]
     found = figures["fulltext"]["results"][:reference_count]
     figures["fulltext_exact"] = {"queries": reference_count, **latency_summary(exact_seconds),
                                  "top10_overlap": overlap(found, exact, 10), f"top{k}_overlap": overlap(found, exact, k)}
     print(f"  full text from postings without pruning, {reference_count} queries ...", flush=True)
-    unpruned, unpruned_seconds = search_series(collection, query_texts[:reference_count], query_vectors, mode="fulltext",
-                                               k=k, warm_up=0, template=unpruned_template())
+    unpruned, unpruned_seconds = search_series(collection, query_texts[:reference_count], query_vectors,
+                                               modes=("fulltext",), k=k, warm_up=0, template=unpruned_template())["fulltext"]
     figures["fulltext_unpruned"] = {"queries": reference_count, **latency_summary(unpruned_seconds),
                                     "top10_overlap": overlap(unpruned, exact, 10)}
     figures["hnsw_sweep"] = hnsw_sweep(collection, query_vectors, truth, options)
@@ -557,7 +592,7 @@ def size_measure(collection, query_texts, query_vectors, truth, options) -> dict
     one = throughput(collection, query_texts, query_vectors, clients=1, k=k)
     many = throughput(collection, query_texts, query_vectors, clients=options.concurrency, k=k)
     figures["throughput_per_second"] = {"1": round(one, 2), str(options.concurrency): round(many, 2)}
-    for mode in ("dense", "fulltext", "hybrid"):
+    for mode in modes:
         del figures[mode]["results"]
     return figures
 
@@ -674,7 +709,8 @@ def main(argv=None) -> None:
         "hnsw_ef_search_setting": settings.HNSW_EF_SEARCH, "retrieval_candidates": settings.RETRIEVAL_CANDIDATES,
         "index_build_maintenance_work_mem": options.maintenance_work_mem, "server_settings": server_settings(),
         "peers": PEERS,
-        "timing": "chunk_search with vectors computed beforehand: executing the statement and building the results.",
+        "timing": "chunk_search with vectors computed beforehand: executing the statement and building the results; "
+                  "dense, fulltext and hybrid timed in turn on each question; throughput clients are processes.",
     }
     summary_print(results)
     path = results_write(options.output, parameters=parameters, figures={"results": results})
