@@ -10,8 +10,8 @@ and VACUUM ANALYZE runs; all of it is timed as the load.
 
 Measured on real SciFact queries embedded with the real model, the query vectors computed beforehand:
 - chunk_search itself in each mode (dense, fulltext, hybrid; k = RETRIEVAL_CANDIDATES): p50/p95, the three modes
-  timed in turn on each question (warm-up included) so that the machine's drift over minutes falls on all three
-  alike and stays out of their ratios;
+  taking turns (each on a different question at each turn) so that the machine's drift over minutes falls on all
+  three alike and stays out of their ratios;
 - the full-text side against its peer, the exact BM25 statement it replaced (bench/hybrid_search_exact.sql,
   which scores every chunk holding a query word): top-10 and top-100 overlap, and its latency;
 - HNSW recall@10 against exact nearest neighbours (computed with numpy over the loaded vectors), at
@@ -444,18 +444,22 @@ def search_series(collection, query_texts, query_vectors, *, modes: tuple[str, .
                   template=None) -> dict[str, tuple[list[list[int]], list[float]]]:
     """Time chunk_search (or `template` in its place) in each mode; return each mode's ids ranked and seconds.
 
-    The modes take turns on each question, each call timed on its own: the machine drifts over minutes, and
-    series run one after another would carry that drift into the ratios between modes.
+    The modes take turns, each call timed on its own: the machine drifts over minutes, and series run one after
+    another would carry that drift into the ratios between modes. At each turn each mode asks a different
+    question (mode m is m/len(modes) of the way round the list), since a search just made for the same question
+    leaves its index pages in the cache for the next mode.
     """
-    series = {mode: ([], []) for mode in modes}
-    for index in range(-min(warm_up, len(query_texts)), len(query_texts)):
-        for mode in modes:
+    count = len(query_texts)
+    series = {mode: ([None] * count, [0.0] * count) for mode in modes}
+    for turn in range(-min(warm_up, count), count):
+        for offset, mode in enumerate(modes):
+            index = (turn + offset * count // len(modes)) % count
             start = time.perf_counter()
             ids = search_ids(collection, query_texts[index], query_vectors[index], mode=mode, k=k, template=template)
             elapsed = time.perf_counter() - start
-            if index >= 0:
-                series[mode][0].append(ids)
-                series[mode][1].append(elapsed)
+            if turn >= 0:
+                series[mode][0][index] = ids
+                series[mode][1][index] = elapsed
     return series
 
 
@@ -572,7 +576,7 @@ def size_measure(collection, query_texts, query_vectors, truth, options) -> dict
     if options.hnsw_only:
         return {"hnsw_sweep": hnsw_sweep(collection, query_vectors, truth, options)}
     modes = ("dense", "fulltext", "hybrid")
-    print(f"  chunk_search {', '.join(modes)} in turn on each question, k={k} ...", flush=True)
+    print(f"  chunk_search {', '.join(modes)} taking turns, k={k} ...", flush=True)
     series = search_series(collection, query_texts, query_vectors, modes=modes, k=k, warm_up=options.warm_up)
     figures = {mode: {**latency_summary(seconds), "results": results} for mode, (results, seconds) in series.items()}
     reference_count = min(options.reference_queries, len(query_texts))
@@ -710,7 +714,8 @@ def main(argv=None) -> None:
         "index_build_maintenance_work_mem": options.maintenance_work_mem, "server_settings": server_settings(),
         "peers": PEERS,
         "timing": "chunk_search with vectors computed beforehand: executing the statement and building the results; "
-                  "dense, fulltext and hybrid timed in turn on each question; throughput clients are processes.",
+                  "dense, fulltext and hybrid take turns, each on a different question at each turn; "
+                  "throughput clients are processes.",
     }
     summary_print(results)
     path = results_write(options.output, parameters=parameters, figures={"results": results})
