@@ -24,7 +24,20 @@ def changed(other: str | None) -> str:
     )"""
 
 
-def remove(other: str | None) -> str:
+# Every block remove() emptied, written back without the postings `removed` (remove()'s CTEs) holds.
+BLOCKS_REWRITTEN = """
+    INSERT INTO documents_postingblock (collection_id, lexeme, block, chunk_ids, frequencies, lengths)
+    SELECT emptied.collection_id, emptied.lexeme, emptied.block, array_agg(posting.chunk_id ORDER BY posting.chunk_id),
+           array_agg(posting.frequency ORDER BY posting.chunk_id), array_agg(posting.length ORDER BY posting.chunk_id)
+    FROM emptied
+         CROSS JOIN LATERAL unnest(emptied.chunk_ids, emptied.frequencies, emptied.lengths)
+             AS posting (chunk_id, frequency, length)
+    WHERE NOT EXISTS (SELECT 1 FROM removed WHERE removed.id = posting.chunk_id AND removed.lexeme = emptied.lexeme)
+    GROUP BY emptied.collection_id, emptied.lexeme, emptied.block;
+"""
+
+
+def remove(other: str | None, *, blocks_rewritten: str = BLOCKS_REWRITTEN) -> str:
     """Take old_chunks' postings out: lexeme counts go down (a lexeme no chunk holds goes), blocks are rewritten."""
     return f"""
     WITH removed AS MATERIALIZED (
@@ -53,34 +66,13 @@ def remove(other: str | None) -> str:
         WHERE block.collection_id = touched.collection_id AND block.lexeme = touched.lexeme
           AND block.block = touched.block
         RETURNING block.*
-    )
-    INSERT INTO documents_postingblock (collection_id, lexeme, block, chunk_ids, frequencies, lengths)
-    SELECT emptied.collection_id, emptied.lexeme, emptied.block, array_agg(posting.chunk_id ORDER BY posting.chunk_id),
-           array_agg(posting.frequency ORDER BY posting.chunk_id), array_agg(posting.length ORDER BY posting.chunk_id)
-    FROM emptied
-         CROSS JOIN LATERAL unnest(emptied.chunk_ids, emptied.frequencies, emptied.lengths)
-             AS posting (chunk_id, frequency, length)
-    WHERE NOT EXISTS (SELECT 1 FROM removed WHERE removed.id = posting.chunk_id AND removed.lexeme = emptied.lexeme)
-    GROUP BY emptied.collection_id, emptied.lexeme, emptied.block;
-"""
+    ){blocks_rewritten}"""
 
 
-def add(other: str | None, *, source: str = "new_chunks") -> str:
-    """Add the postings of `source`'s chunks: lexeme counts go up, postings are appended to their blocks."""
-    entries = f"""
-    FROM {source} AS chunk CROSS JOIN LATERAL unnest(chunk.search_vector) AS entry
-    WHERE {changed(other)}"""
-    frequency = "coalesce(array_length(entry.positions, 1), 1)"  # a stripped vector has no positions: 1
+def blocks_appended(entries: str, frequency: str) -> str:
+    """Append the postings of the chunks `entries` reads (FROM ... WHERE, as `chunk` and `entry`) to their blocks."""
     block = "(chunk.id / 4096)::int"
     return f"""
-    INSERT INTO documents_collectionlexeme AS lexeme (collection_id, lexeme, chunk_count, max_frequency)
-    SELECT chunk.collection_id, entry.lexeme, count(*), max({frequency}) {entries}
-    GROUP BY chunk.collection_id, entry.lexeme
-    ORDER BY chunk.collection_id, entry.lexeme
-    ON CONFLICT (collection_id, lexeme) DO UPDATE
-    SET chunk_count = lexeme.chunk_count + excluded.chunk_count,
-        max_frequency = greatest(lexeme.max_frequency, excluded.max_frequency);
-
     INSERT INTO documents_postingblock AS block (collection_id, lexeme, block, chunk_ids, frequencies, lengths)
     SELECT chunk.collection_id, entry.lexeme, {block}, array_agg(chunk.id ORDER BY chunk.id),
            array_agg({frequency} ORDER BY chunk.id), array_agg(length(chunk.search_vector) ORDER BY chunk.id) {entries}
@@ -93,9 +85,28 @@ def add(other: str | None, *, source: str = "new_chunks") -> str:
 """
 
 
-# An UPDATE takes the old postings out before it adds the new ones.
-APPLY_FUNCTION = f"""
-CREATE FUNCTION documents_chunk_text_index_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+def add(other: str | None, *, source: str = "new_chunks", blocks_appended=blocks_appended) -> str:
+    """Add the postings of `source`'s chunks: lexeme counts go up, postings are appended to their blocks."""
+    entries = f"""
+    FROM {source} AS chunk CROSS JOIN LATERAL unnest(chunk.search_vector) AS entry
+    WHERE {changed(other)}"""
+    frequency = "coalesce(array_length(entry.positions, 1), 1)"  # a stripped vector has no positions: 1
+    return f"""
+    INSERT INTO documents_collectionlexeme AS lexeme (collection_id, lexeme, chunk_count, max_frequency)
+    SELECT chunk.collection_id, entry.lexeme, count(*), max({frequency}) {entries}
+    GROUP BY chunk.collection_id, entry.lexeme
+    ORDER BY chunk.collection_id, entry.lexeme
+    ON CONFLICT (collection_id, lexeme) DO UPDATE
+    SET chunk_count = lexeme.chunk_count + excluded.chunk_count,
+        max_frequency = greatest(lexeme.max_frequency, excluded.max_frequency);
+{blocks_appended(entries, frequency)}"""
+
+
+def apply_function(remove=remove, add=add, *, create: str = "CREATE FUNCTION") -> str:
+    """The trigger function, from `remove` and `add` (later migrations pass their own block layout)."""
+    # An UPDATE takes the old postings out before it adds the new ones.
+    return f"""
+{create} documents_chunk_text_index_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         {remove(None)}
@@ -109,6 +120,9 @@ BEGIN
 END
 $$;
 """
+
+
+APPLY_FUNCTION = apply_function()
 
 # A trigger with transition tables may serve one event only, hence three.
 TRIGGERS = """

@@ -7,9 +7,12 @@ instead of 37 ms, the commonest lexemes' postings for 20k candidates read in 46 
 
 A posting is (chunk id mod 4096) << 48 | frequency << 32 | length. The block number gives back the rest of the
 chunk id; a frequency is at most 256 (PostgreSQL keeps 256 positions a lexeme) and a length, a tsvector's count
-of lexemes, is below 2^32. Sorting by the packed number sorts by chunk id. The triggers of migration 0005 are
-rewritten to keep this column exact, as they kept the three.
+of lexemes, is below 2^32. Sorting by the packed number sorts by chunk id. The trigger function keeps this column
+exact as it kept the three: 0005's statements, with only their writes to the blocks replaced.
 """
+
+import functools
+import importlib
 
 import django.contrib.postgres.fields
 from django.db import migrations, models
@@ -60,46 +63,11 @@ DROP FUNCTION posting_length(bigint);
 """
 
 
-def changed(other: str | None) -> str:
-    """Which chunks' postings change: all of them, or for an UPDATE those whose vector or collection moved."""
-    if other is None:
-        return "true"
-    return f"""NOT EXISTS (
-        SELECT 1 FROM {other} AS same
-        WHERE same.id = chunk.id AND same.collection_id = chunk.collection_id AND same.search_vector = chunk.search_vector
-    )"""
+# The triggers of 0005, whose statements stay; only what they write into the blocks changes.
+TEXT_INDEX = importlib.import_module("ragapp.documents.migrations.0005_text_index")
 
-
-def remove(other: str | None) -> str:
-    """Take old_chunks' postings out: lexeme counts go down (a lexeme no chunk holds goes), blocks are rewritten."""
-    return f"""
-    WITH removed AS MATERIALIZED (
-        SELECT chunk.id, chunk.collection_id, entry.lexeme
-        FROM old_chunks AS chunk CROSS JOIN LATERAL unnest(chunk.search_vector) AS entry
-        WHERE {changed(other)}
-    ),
-    gone AS (
-        SELECT collection_id, lexeme, count(*) AS chunks FROM removed GROUP BY collection_id, lexeme
-    ),
-    decremented AS (
-        UPDATE documents_collectionlexeme AS lexeme SET chunk_count = lexeme.chunk_count - gone.chunks
-        FROM gone
-        WHERE lexeme.collection_id = gone.collection_id AND lexeme.lexeme = gone.lexeme
-          AND lexeme.chunk_count > gone.chunks
-    ),
-    forgotten AS (
-        DELETE FROM documents_collectionlexeme AS lexeme USING gone
-        WHERE lexeme.collection_id = gone.collection_id AND lexeme.lexeme = gone.lexeme
-          AND lexeme.chunk_count <= gone.chunks
-    ),
-    emptied AS (
-        -- Every block holding a removed posting is taken out and written back without it.
-        DELETE FROM documents_postingblock AS block
-        USING (SELECT DISTINCT collection_id, lexeme, (id / 4096)::int AS block FROM removed) AS touched
-        WHERE block.collection_id = touched.collection_id AND block.lexeme = touched.lexeme
-          AND block.block = touched.block
-        RETURNING block.*
-    )
+# Every block remove() emptied, written back without the postings `removed` holds.
+PACKED_BLOCKS_REWRITTEN = """
     INSERT INTO documents_postingblock (collection_id, lexeme, block, postings)
     SELECT emptied.collection_id, emptied.lexeme, emptied.block, array_agg(posting ORDER BY posting)
     FROM emptied CROSS JOIN LATERAL unnest(emptied.postings) AS posting
@@ -109,24 +77,10 @@ def remove(other: str | None) -> str:
 """
 
 
-def add(other: str | None) -> str:
-    """Add the postings of new_chunks: lexeme counts go up, postings are appended to their blocks.
-
-    New chunks have the highest ids, so appending keeps a block sorted.
-    """
-    entries = f"""
-    FROM new_chunks AS chunk CROSS JOIN LATERAL unnest(chunk.search_vector) AS entry
-    WHERE {changed(other)}"""
-    frequency = "coalesce(array_length(entry.positions, 1), 1)"  # a stripped vector has no positions: 1
+def packed_blocks_appended(entries: str, frequency: str) -> str:
+    """Append the postings of the chunks `entries` reads to their blocks: new chunks have the highest ids, so a
+    block stays sorted."""
     return f"""
-    INSERT INTO documents_collectionlexeme AS lexeme (collection_id, lexeme, chunk_count, max_frequency)
-    SELECT chunk.collection_id, entry.lexeme, count(*), max({frequency}) {entries}
-    GROUP BY chunk.collection_id, entry.lexeme
-    ORDER BY chunk.collection_id, entry.lexeme
-    ON CONFLICT (collection_id, lexeme) DO UPDATE
-    SET chunk_count = lexeme.chunk_count + excluded.chunk_count,
-        max_frequency = greatest(lexeme.max_frequency, excluded.max_frequency);
-
     INSERT INTO documents_postingblock AS block (collection_id, lexeme, block, postings)
     SELECT chunk.collection_id, entry.lexeme, (chunk.id / 4096)::int,
            array_agg(posting_pack(chunk.id, {frequency}, length(chunk.search_vector)) ORDER BY chunk.id) {entries}
@@ -137,30 +91,13 @@ def add(other: str | None) -> str:
 """
 
 
-# An UPDATE takes the old postings out before it adds the new ones.
-APPLY_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION documents_chunk_text_index_apply() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        {remove(None)}
-    ELSIF TG_OP = 'UPDATE' THEN
-        {remove("new_chunks")}
-        {add("old_chunks")}
-    ELSE
-        {add(None)}
-    END IF;
-    RETURN NULL;
-END
-$$;
-"""
-
-
-def apply_function_0005() -> str:
-    """The trigger function as migration 0005 wrote it, for going back."""
-    import importlib
-
-    return importlib.import_module("ragapp.documents.migrations.0005_text_index").APPLY_FUNCTION.replace(
-        "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+APPLY_FUNCTION = TEXT_INDEX.apply_function(
+    functools.partial(TEXT_INDEX.remove, blocks_rewritten=PACKED_BLOCKS_REWRITTEN),
+    functools.partial(TEXT_INDEX.add, blocks_appended=packed_blocks_appended),
+    create="CREATE OR REPLACE FUNCTION",
+)
+# Going back: 0005's function again.
+APPLY_FUNCTION_0005 = TEXT_INDEX.apply_function(create="CREATE OR REPLACE FUNCTION")
 
 
 class Migration(migrations.Migration):
@@ -173,7 +110,7 @@ class Migration(migrations.Migration):
         migrations.SeparateDatabaseAndState(
             database_operations=[
                 migrations.RunSQL(sql=POSTING_FUNCTIONS + PACK + APPLY_FUNCTION,
-                                  reverse_sql=UNPACK + apply_function_0005() + DROP_POSTING_FUNCTIONS),
+                                  reverse_sql=UNPACK + APPLY_FUNCTION_0005 + DROP_POSTING_FUNCTIONS),
             ],
             state_operations=[
                 migrations.RemoveField(model_name='postingblock', name='chunk_ids'),
