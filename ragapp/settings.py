@@ -302,7 +302,7 @@ CHUNK_TOKENS, CHUNK_OVERLAP_TOKENS = chunk_budget()
 # Retrieval: candidates taken from each side before fusion, and the RRF constant.
 RETRIEVAL_CANDIDATES = env_int("RETRIEVAL_CANDIDATES", 100, minimum=1)
 RRF_K = env_int("RRF_K", 60, minimum=0)
-# 800: builds of the index (m=32 / ef_construction=200) over the same 1M vectors differ; over eight, recall@10
+# 800: builds of the index (m=32 / ef_construction=200) over the same 1M vectors differ; over nine, recall@10
 # never fell below 0.982 at 800, but fell to 0.9495 at 400 (bench/README.md, retrieval.py). Small collections
 # use less (retrieval/selectors.py).
 HNSW_EF_SEARCH = env_int("HNSW_EF_SEARCH", 800, minimum=1, maximum=1000)
