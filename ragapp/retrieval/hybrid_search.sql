@@ -222,9 +222,12 @@ fulltext AS (
                     AND NOT array_to_tsvector(ARRAY(SELECT lexeme FROM split_weights
                                                     WHERE NOT essential OR coalesce(ranked.phrase_mask & phrase_bit, 0) <> 0))
                             @@ (SELECT unordered_terms FROM query) THEN false
+               -- OFFSET 0 keeps this a lookup of the chunk's row: without it the planner may, when it guesses many
+               -- ranked rows, check them all in one hashed pass over every chunk matching the question (150k at 1M).
                ELSE EXISTS (SELECT 1 FROM $chunk_table AS chunk
                             WHERE chunk.id = ranked.id AND chunk.search_vector @@ (SELECT terms FROM query)
-                              AND NOT (%(excluding)s AND chunk.search_vector @@ ANY ((SELECT excluded FROM query)::tsquery[])))
+                              AND NOT (%(excluding)s AND chunk.search_vector @@ ANY ((SELECT excluded FROM query)::tsquery[]))
+                            OFFSET 0)
           END
     ORDER BY score DESC, id
     LIMIT %(fulltext_k)s
