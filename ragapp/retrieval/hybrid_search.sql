@@ -144,18 +144,17 @@ partial AS MATERIALIZED (
     FROM essential_blocks
          CROSS JOIN statistics
          CROSS JOIN LATERAL (
-             SELECT posting_chunk(essential_blocks.block, posting) AS id,
-                    sum(bm25_term(posting_frequency(posting), posting_length(posting), list.idf, statistics.mean_length,
-                                  %(k1)s, %(b)s)) AS score,
+             SELECT posting_chunk(essential_blocks.block, posting) AS id, sum(term.share) AS score,
                     bool_or(list.alone) AS matches,
                     bit_or(list.phrase_bit) FILTER (WHERE NOT list.alone) AS phrase_mask
              FROM unnest(essential_blocks.lists) AS list (idf float8, alone boolean, phrase_bit int8, postings int8[])
                   CROSS JOIN LATERAL unnest(list.postings) AS posting
+                  CROSS JOIN LATERAL (SELECT bm25_term(posting_frequency(posting), posting_length(posting), list.idf,
+                                                       statistics.mean_length, %(k1)s, %(b)s) AS share) AS term
              GROUP BY 1
              -- A chunk that cannot reach the seed's floor even with every optional lexeme is no candidate, whatever
              -- the floor becomes, and cannot be among the k that raise it: not kept, so not scanned again.
-             HAVING sum(bm25_term(posting_frequency(posting), posting_length(posting), list.idf, statistics.mean_length,
-                                  %(k1)s, %(b)s)) + (SELECT score FROM optional_bound) + 1e-9 >= (SELECT score FROM seed_floor)
+             HAVING sum(term.share) + (SELECT score FROM optional_bound) + 1e-9 >= (SELECT score FROM seed_floor)
          ) AS summed
 ),
 floor AS (
