@@ -113,10 +113,10 @@ optional_bound AS (
     SELECT coalesce(max(bound_so_far), 0) AS score FROM split_weights WHERE NOT essential
 ),
 shares AS NOT MATERIALIZED (
-    -- One row per posting of a query lexeme: what it adds to its chunk's score. Inlined where it is read,
-    -- so the reader's filter on `essential` decides which lexemes' blocks are read at all.
-    SELECT posting_chunk(block.block, posting) AS chunk_id, split_weights.lexeme, split_weights.alone, split_weights.essential,
-           split_weights.phrase_bit,
+    -- One row per posting of a query lexeme: what it adds to its chunk's score, for the candidates' optional
+    -- lexemes (the essential ones are summed per block, below). Inlined where it is read, so the reader's filter on
+    -- `essential` decides which lexemes' blocks are read at all.
+    SELECT posting_chunk(block.block, posting) AS chunk_id, split_weights.alone, split_weights.essential,
            bm25_term(posting_frequency(posting), posting_length(posting), split_weights.idf, statistics.mean_length,
                      %(k1)s, %(b)s) AS share
     FROM split_weights
