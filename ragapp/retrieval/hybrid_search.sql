@@ -72,9 +72,9 @@ ordered_weights AS MATERIALIZED (
            sum(chunk_count) OVER (ORDER BY NOT alone, chunk_count, lexeme) - chunk_count AS seed_postings_before,
            sum(bound) OVER (ORDER BY bound, lexeme) AS bound_so_far,  -- this lexeme's and every smaller bound's
            -- Its bit in a chunk's mask of phrase words: a mask aggregates in fixed space, where an array's unknown size
-           -- made the planner spill the partial sums to disk past ~8k chunks. The 64th bit stands for every lexeme from the
-           -- 64th on, so a mask never names fewer lexemes than a chunk holds.
-           1::int8 << least(row_number() OVER (ORDER BY lexeme) - 1, 63)::int AS phrase_bit
+           -- made the planner spill the partial sums to disk past ~8k chunks. The 63rd bit stands for every lexeme from the
+           -- 63rd on, so a mask never names fewer lexemes than a chunk holds.
+           1::int8 << least(row_number() OVER (ORDER BY lexeme) - 1, 62)::int AS phrase_bit
     FROM weights
 ),
 lexeme_weights AS (
@@ -115,14 +115,16 @@ optional_bound AS (
 shares AS NOT MATERIALIZED (
     -- One row per posting of a query lexeme: what it adds to its chunk's score, for the candidates' optional
     -- lexemes (the essential ones are summed per block, below). Inlined where it is read, so the reader's filter on
-    -- `essential` decides which lexemes' blocks are read at all.
-    SELECT posting_chunk(block.block, posting) AS chunk_id, split_weights.alone, split_weights.essential,
-           bm25_term(posting_frequency(posting), posting_length(posting), split_weights.idf, statistics.mean_length,
+    -- `essential` decides which lexemes' blocks are read at all. The postings are unnested in a select list, which
+    -- streams them; a lateral unnest first copies each list into a tuplestore (twice the time to unnest).
+    SELECT posting_chunk(list.block, list.posting) AS chunk_id, list.alone, list.essential,
+           bm25_term(posting_frequency(list.posting), posting_length(list.posting), list.idf, statistics.mean_length,
                      %(k1)s, %(b)s) AS share
-    FROM split_weights
-         JOIN $posting_table AS block
-              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
-         CROSS JOIN LATERAL unnest(block.postings) AS posting
+    FROM (SELECT block.block, split_weights.alone, split_weights.essential, split_weights.idf,
+                 unnest(block.postings) AS posting
+          FROM split_weights
+               JOIN $posting_table AS block
+                    ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme) AS list
          CROSS JOIN statistics
 ),
 essential_blocks AS (
@@ -130,7 +132,11 @@ essential_blocks AS (
     -- a hash table of at most 4,096 chunks that stays in the CPU's cache, where one table for every chunk of the
     -- collection (100k+ at 1M) did not, and cost three times as much a posting.
     SELECT block.block,
-           array_agg(ROW(split_weights.idf, split_weights.alone, split_weights.phrase_bit, block.postings)) AS lists
+           -- A lexeme that matches alone flags its chunks with the sign bit, a phrase word with its bit: one aggregate
+           -- gives both, where two cost more a posting.
+           array_agg(ROW(split_weights.idf,
+                         CASE WHEN split_weights.alone THEN 1::int8 << 63 ELSE split_weights.phrase_bit END,
+                         block.postings)) AS lists
     FROM split_weights
          JOIN $posting_table AS block
               ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
@@ -140,16 +146,15 @@ essential_blocks AS (
 partial AS MATERIALIZED (
     -- Every chunk holding an essential lexeme, with those lexemes' share of its score, whether one of
     -- them matches the question alone, and the mask of those that do not (words of phrases).
-    SELECT summed.*
+    SELECT summed.id, summed.score, summed.flags < 0 AS matches, summed.flags & ~(1::int8 << 63) AS phrase_mask
     FROM essential_blocks
          CROSS JOIN statistics
          CROSS JOIN LATERAL (
-             SELECT posting_chunk(essential_blocks.block, posting) AS id, sum(term.share) AS score,
-                    bool_or(list.alone) AS matches,
-                    bit_or(list.phrase_bit) FILTER (WHERE NOT list.alone) AS phrase_mask
-             FROM unnest(essential_blocks.lists) AS list (idf float8, alone boolean, phrase_bit int8, postings int8[])
-                  CROSS JOIN LATERAL unnest(list.postings) AS posting
-                  CROSS JOIN LATERAL (SELECT bm25_term(posting_frequency(posting), posting_length(posting), list.idf,
+             SELECT posting_chunk(essential_blocks.block, list.posting) AS id, sum(term.share) AS score,
+                    bit_or(list.flag) AS flags
+             FROM (SELECT list.idf, list.flag, unnest(list.postings) AS posting
+                   FROM unnest(essential_blocks.lists) AS list (idf float8, flag int8, postings int8[])) AS list
+                  CROSS JOIN LATERAL (SELECT bm25_term(posting_frequency(list.posting), posting_length(list.posting), list.idf,
                                                        statistics.mean_length, %(k1)s, %(b)s) AS share) AS term
              GROUP BY 1
              -- A chunk that cannot reach the seed's floor even with every optional lexeme is no candidate, whatever
