@@ -196,6 +196,20 @@ def test_optional_postings_meet_the_candidates_in_a_hash_never_a_loop_per_candid
         assert "Join Filter: (posting.chunk_id = " not in plan and "Nested Loop Left Join" not in plan, plan
 
 
+def test_blocks_stay_in_chunk_order_whatever_order_postings_come_in(large_collection):
+    """A block is kept in chunk order, since lookups binary-search it: an edited chunk's postings, which come after
+    higher ids', are merged in order."""
+    Chunk.objects.filter(collection=large_collection, ordinal=5).update(text="pension pension visa keyboard")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FILTER (WHERE postings <> ARRAY(SELECT unnest(postings) ORDER BY 1)), count(*) "
+                       "FROM documents_postingblock WHERE collection_id = %s", [large_collection.pk])
+        out_of_order, blocks = cursor.fetchone()
+    assert blocks and out_of_order == 0
+    for question in ("pension visa", "keyboard pension hotel flight", "visa"):
+        for k in (5, 100):
+            assert_same_ranking(large_collection, question, k=k)
+
+
 def test_partial_sums_stay_in_memory_one_block_at_a_time(large_collection):
     """The essential postings are summed per block of 4,096 chunk ids, each block in its own hash table (at 1M chunks,
     one table for every chunk missed the CPU's cache and cost 3x a posting); with fixed-size sums a table holds at most
