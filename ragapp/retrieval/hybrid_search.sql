@@ -177,30 +177,71 @@ candidates AS MATERIALIZED (
     FROM partial CROSS JOIN optional_bound
     WHERE partial.score + optional_bound.score + 1e-9 >= (SELECT score FROM floor)
 ),
--- The candidates' exact scores come one of two ways, whichever reads less: the chunks' own rows (all
--- lexemes at once, ~40 packed postings' worth each: 6 against 0.15 us at 1M chunks), or the optional
--- lexemes' postings read whole. The gating subquery runs once, and the way not taken is never executed.
-by_rows AS (
-    SELECT (SELECT count(*) FROM candidates) * 40
-           < (SELECT coalesce(sum(chunk_count), 0) FROM split_weights WHERE NOT essential) AS chosen
+-- The candidates' exact scores come one of three ways, whichever reads least, counted in postings read whole
+-- (~0.15 us each at 1M chunks): the chunks' own rows (all lexemes at once, ~40 postings' worth a chunk); each
+-- candidate's posting in each optional lexeme's block, found by binary search (~1 a lookup, plus ~50 a block
+-- read); or the optional lexemes' lists read whole. The gating subqueries run once, and the ways not taken are
+-- never executed.
+exact_way AS (
+    SELECT CASE WHEN cost.rows <= least(cost.lookups, cost.lists) THEN 'rows'
+                WHEN cost.lookups <= cost.lists THEN 'lookups'
+                ELSE 'lists' END AS way
+    FROM (SELECT candidate.count * 40 AS rows,
+                 optional.count * (candidate.count + 50 * least(candidate.count, statistics.chunks / 4096 + 1)) AS lookups,
+                 optional.postings AS lists
+          FROM (SELECT count(*) FROM candidates) AS candidate,
+               (SELECT count(*), coalesce(sum(chunk_count), 0) AS postings FROM split_weights WHERE NOT essential) AS optional,
+               statistics) AS cost
 ),
 exact_from_rows AS (
     SELECT scored.id, scored.score
-    FROM (SELECT array_agg(id) AS ids FROM candidates WHERE (SELECT chosen FROM by_rows)) AS chosen
+    FROM (SELECT array_agg(id) AS ids FROM candidates WHERE (SELECT way FROM exact_way) = 'rows') AS chosen
          CROSS JOIN lexeme_weights CROSS JOIN statistics CROSS JOIN query
          CROSS JOIN LATERAL bm25_chunks(chosen.ids, lexeme_weights.lexemes, lexeme_weights.idfs, statistics.mean_length,
                                         %(k1)s, %(b)s, query.terms, query.excluded, %(excluding)s) AS scored
 ),
+candidate_blocks AS (
+    SELECT (id / 4096)::int AS block, array_agg(mod(id, 4096)) AS slots
+    FROM candidates
+    WHERE (SELECT way FROM exact_way) = 'lookups'
+    GROUP BY 1
+),
+optional_lists AS MATERIALIZED (
+    -- The optional lexemes' blocks that hold candidates. `[1:]` stores each list decompressed, once: a long list is
+    -- kept compressed, and every lookup in it would otherwise decompress it again.
+    SELECT block.block, split_weights.idf, split_weights.alone, block.postings[1:] AS postings, candidate_blocks.slots
+    FROM split_weights
+         JOIN $posting_table AS block
+              ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
+         JOIN candidate_blocks ON candidate_blocks.block = block.block
+    WHERE NOT split_weights.essential AND (SELECT way FROM exact_way) = 'lookups'
+),
+looked_up AS (
+    -- A block's postings are sorted by chunk (packed, the chunk's slot comes first): width_bucket's binary search
+    -- finds the last posting at or before a candidate's slot, which is the candidate's when the slots agree.
+    SELECT found.chunk_id, found.alone,
+           bm25_term(posting_frequency(found.posting), posting_length(found.posting), found.idf, statistics.mean_length,
+                     %(k1)s, %(b)s) AS share
+    FROM (SELECT optional_lists.block::bigint * 4096 + candidate.slot AS chunk_id, candidate.slot, optional_lists.idf,
+                 optional_lists.alone,
+                 optional_lists.postings[width_bucket((candidate.slot::bigint << 48) | ((1::bigint << 48) - 1),
+                                                      optional_lists.postings)] AS posting
+          FROM optional_lists CROSS JOIN LATERAL unnest(optional_lists.slots) AS candidate (slot)) AS found
+         CROSS JOIN statistics
+    WHERE found.posting >> 48 = found.slot
+),
 exact_from_postings AS (
     -- Candidates plus their optional lexemes' shares, summed in one hash aggregate (a join here was planned as a
-    -- nested loop when the candidates were guessed few). The optional lists are read whole, but only postings
-    -- of candidates are kept: `IS TRUE` keeps the IN a hashed subplan, a hash built once on the candidates.
+    -- nested loop when the candidates were guessed few). Lists read whole keep only postings of candidates:
+    -- `IS TRUE` keeps the IN a hashed subplan, a hash built once on the candidates.
     SELECT id, sum(score) AS score, bool_or(matches) AS matches, bit_or(phrase_mask) AS phrase_mask
-    FROM (SELECT id, score, matches, phrase_mask FROM candidates WHERE NOT (SELECT chosen FROM by_rows)
+    FROM (SELECT id, score, matches, phrase_mask FROM candidates WHERE (SELECT way FROM exact_way) <> 'rows'
+          UNION ALL
+          SELECT chunk_id, share, alone, NULL FROM looked_up
           UNION ALL
           SELECT chunk_id, share, alone, NULL
           FROM shares
-          WHERE NOT essential AND NOT (SELECT chosen FROM by_rows)
+          WHERE NOT essential AND (SELECT way FROM exact_way) = 'lists'
             AND (chunk_id IN (SELECT id FROM candidates)) IS TRUE) AS part
     GROUP BY id
 ),

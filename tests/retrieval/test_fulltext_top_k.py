@@ -180,18 +180,19 @@ def test_reingesting_and_deleting_a_collection_keep_the_text_index_exact(collect
     assert not Document.objects.filter(pk__in=[document.pk, other.pk]).exists()
 
 
-def test_both_ways_of_scoring_candidates_are_taken_here(large_collection):
-    """Candidates are scored from their rows or from the optional postings: the tests above must cover both."""
-    taken = {_scored_by_rows(large_collection, question, k) for k in (1, 5, 20, 100) for question in QUESTIONS}
-    assert {True, False} <= taken
+def test_every_way_of_scoring_candidates_is_taken_here(large_collection):
+    """Candidates are scored from their rows, by looking their optional postings up, or from the optional lists read
+    whole: the tests above must cover all three."""
+    taken = {_exact_way(large_collection, question, k) for k in (1, 5, 20, 100) for question in QUESTIONS}
+    assert {"rows", "lookups", "lists"} <= taken, taken
 
 
 def test_optional_postings_meet_the_candidates_in_a_hash_never_a_loop_per_candidate(large_collection):
-    """Reading the optional postings must cost one pass whatever the planner guesses of the candidates' count."""
-    by_postings = [_analysed_plan(large_collection, question) for question in QUESTIONS
-                   if _scored_by_rows(large_collection, question) is False]
-    assert by_postings, "no question took the postings way: the test has nothing to check"
-    for plan in by_postings:
+    """Reading the optional lists whole must cost one pass whatever the planner guesses of the candidates' count."""
+    by_lists = [_analysed_plan(large_collection, question, k) for k in (1, 5, 20, 100) for question in QUESTIONS
+                if _exact_way(large_collection, question, k) == "lists"]
+    assert by_lists, "no question read the optional lists whole: the test has nothing to check"
+    for plan in by_lists:
         assert "hashed SubPlan" in plan
         assert "Join Filter: (posting.chunk_id = " not in plan and "Nested Loop Left Join" not in plan, plan
 
@@ -223,10 +224,10 @@ def test_partial_sums_stay_in_memory_one_block_at_a_time(large_collection):
         assert "Disk" not in partial and "external" not in partial, partial
 
 
-def _scored_by_rows(collection, question: str, k: int = 100) -> bool | None:
-    """Whether the candidates were scored from their rows (False: from the optional postings; None: no candidates)."""
+def _exact_way(collection, question: str, k: int = 100) -> str | None:
+    """How the candidates' exact scores were found: "rows", "lookups" or "lists" (None: no candidates)."""
     statement, params = _fulltext_statement(collection, question, k=k)
-    statement = statement.replace("SELECT chunk.id, chunk.ordinal", "SELECT (SELECT chosen FROM by_rows), chunk.id, chunk.ordinal", 1)
+    statement = statement.replace("SELECT chunk.id, chunk.ordinal", "SELECT (SELECT way FROM exact_way), chunk.id, chunk.ordinal", 1)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone()
