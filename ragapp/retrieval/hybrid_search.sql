@@ -219,11 +219,10 @@ optional_lists AS MATERIALIZED (
 looked_up AS (
     -- A block's postings are sorted by chunk (packed, the chunk's slot comes first): width_bucket's binary search
     -- finds the last posting at or before a candidate's slot, which is the candidate's when the slots agree.
-    SELECT found.chunk_id, found.alone,
+    SELECT posting_chunk(found.block, found.posting) AS chunk_id, found.alone,
            bm25_term(posting_frequency(found.posting), posting_length(found.posting), found.idf, statistics.mean_length,
                      %(k1)s, %(b)s) AS share
-    FROM (SELECT optional_lists.block::bigint * 4096 + candidate.slot AS chunk_id, candidate.slot, optional_lists.idf,
-                 optional_lists.alone,
+    FROM (SELECT optional_lists.block, candidate.slot, optional_lists.idf, optional_lists.alone,
                  optional_lists.postings[width_bucket((candidate.slot::bigint << 48) | ((1::bigint << 48) - 1),
                                                       optional_lists.postings)] AS posting
           FROM optional_lists CROSS JOIN LATERAL unnest(optional_lists.slots) AS candidate (slot)) AS found
