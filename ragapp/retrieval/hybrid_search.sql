@@ -201,7 +201,7 @@ exact_from_rows AS (
                                         %(k1)s, %(b)s, query.terms, query.excluded, %(excluding)s) AS scored
 ),
 candidate_blocks AS (
-    SELECT (id / 4096)::int AS block, array_agg(mod(id, 4096)) AS slots
+    SELECT (id / 4096)::int AS block, array_agg(id) AS ids
     FROM candidates
     WHERE (SELECT way FROM exact_way) = 'lookups'
     GROUP BY 1
@@ -209,7 +209,7 @@ candidate_blocks AS (
 optional_lists AS MATERIALIZED (
     -- The optional lexemes' blocks that hold candidates. `[1:]` stores each list decompressed, once: a long list is
     -- kept compressed, and every lookup in it would otherwise decompress it again.
-    SELECT block.block, split_weights.idf, split_weights.alone, block.postings[1:] AS postings, candidate_blocks.slots
+    SELECT block.block, split_weights.idf, split_weights.alone, block.postings[1:] AS postings, candidate_blocks.ids
     FROM split_weights
          JOIN $posting_table AS block
               ON block.collection_id = (SELECT id FROM permitted) AND block.lexeme = split_weights.lexeme
@@ -218,16 +218,17 @@ optional_lists AS MATERIALIZED (
 ),
 looked_up AS (
     -- A block's postings are sorted by chunk (packed, the chunk's slot comes first): width_bucket's binary search
-    -- finds the last posting at or before a candidate's slot, which is the candidate's when the slots agree.
-    SELECT posting_chunk(found.block, found.posting) AS chunk_id, found.alone,
+    -- finds the last posting at or below the largest the candidate could have (frequency and length at their most):
+    -- the candidate's own, when that posting's chunk is the candidate.
+    SELECT found.id AS chunk_id, found.alone,
            bm25_term(posting_frequency(found.posting), posting_length(found.posting), found.idf, statistics.mean_length,
                      %(k1)s, %(b)s) AS share
-    FROM (SELECT optional_lists.block, candidate.slot, optional_lists.idf, optional_lists.alone,
-                 optional_lists.postings[width_bucket((candidate.slot::bigint << 48) | ((1::bigint << 48) - 1),
+    FROM (SELECT optional_lists.block, candidate.id, optional_lists.idf, optional_lists.alone,
+                 optional_lists.postings[width_bucket(posting_pack(candidate.id, 65535, 2147483647),
                                                       optional_lists.postings)] AS posting
-          FROM optional_lists CROSS JOIN LATERAL unnest(optional_lists.slots) AS candidate (slot)) AS found
+          FROM optional_lists CROSS JOIN LATERAL unnest(optional_lists.ids) AS candidate (id)) AS found
          CROSS JOIN statistics
-    WHERE found.posting >> 48 = found.slot
+    WHERE posting_chunk(found.block, found.posting) = found.id
 ),
 exact_from_postings AS (
     -- Candidates plus their optional lexemes' shares, summed in one hash aggregate (a join here was planned as a
