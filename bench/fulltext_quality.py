@@ -1,8 +1,9 @@
 """Full-text ranking quality on a BEIR set: the search statement against the exact BM25 statement it replaced.
 
-The peer is bench/hybrid_search_exact.sql, which scores every chunk holding a query word. Both run in
-full-text mode as `manage.py evaluate` runs chunk_search (k = its ranking depth, each document ranked by
-its best chunk) and are scored with the same measures. The statement is meant to be exact, so the
+The peer is bench/hybrid_search_exact.sql, which scores every chunk holding a query word. Both rank
+documents as `manage.py evaluate` does in full-text mode (its ranker for the statement; the same k, limit
+and best-chunk rule for the peer) and are scored with the same measures; the statement's time includes
+building its result objects, as evaluate's does. The statement is meant to be exact, so the
 measures should match and the document rankings should differ only where scores tie.
 
 Run on a collection that `manage.py evaluate --dataset FOLDER` loaded, with the same DATA_DIR.
@@ -10,10 +11,9 @@ Run on a collection that `manage.py evaluate --dataset FOLDER` loaded, with the 
 
 import argparse
 import time
-from pathlib import Path
 
 from common import django_setup, latency_summary, results_write, scifact_path
-from retrieval import EXACT_SQL
+from retrieval import EXACT_SQL, search_ids
 
 PEER = "the exact BM25 statement the postings replaced (bench/hybrid_search_exact.sql)"
 
@@ -30,23 +30,21 @@ def options_parse(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     options = options_parse(argv)
     django_setup()
-    from ragapp.documents.models import Chunk, Collection
+    from ragapp.documents.models import Collection
     from ragapp.tuning import evaluation
 
     dataset_dir = scifact_path(options.dataset)
     dataset = evaluation.beir_dataset_read(dataset_dir=dataset_dir, split=options.split)
     collection = Collection.objects.get(name=evaluation.collection_name(dataset_dir))
-    document_of = dict(Chunk.objects.filter(collection=collection).values_list("pk", "document_id"))
-    rankings = {"statement": {}, "peer": {}}
-    seconds = {"statement": [], "peer": []}
+    rankers = {"statement": evaluation.search_ranker("fulltext"), "peer": _exact_ranker(collection)}
+    rankings = {name: {} for name in rankers}
+    seconds = {name: [] for name in rankers}
     for index, (query_id, query) in enumerate(dataset.queries.items()):
         # Whichever runs second finds the query's pages cached: take turns going first.
-        for name in ("statement", "peer")[::1 if index % 2 else -1]:
+        for name in tuple(rankers)[::1 if index % 2 else -1]:
             start = time.perf_counter()
-            chunk_ids = _fulltext_ids(query, collection, exact=name == "peer")
+            rankings[name][query_id] = rankers[name](query=query, collection=collection, depth=evaluation.RANKING_DEPTH)
             seconds[name].append(time.perf_counter() - start)
-            rankings[name][query_id] = evaluation.ranked_documents((document_of[i] for i in chunk_ids),
-                                                                depth=evaluation.RANKING_DEPTH)
     figures = _figures(dataset, collection, rankings, seconds)
     path = results_write(options.output, parameters={**vars(options), "peer": PEER}, figures=figures)
     print(f"nDCG@10 {figures['statement']['nDCG@10']} (peer {figures['peer']['nDCG@10']}, "
@@ -54,33 +52,28 @@ def main(argv=None) -> None:
           f"{figures['queries_with_different_top10']} of {len(dataset.queries)} queries; written to {path}")
 
 
-def _fulltext_ids(query: str, collection, *, exact: bool) -> list[int]:
-    from django.db import connection, transaction
+def _exact_ranker(collection):
+    """evaluation.search_ranker's full-text ranking, from the exact statement."""
+    from ragapp.documents.models import Chunk
+    from ragapp.tuning.evaluation import ranked_documents
 
-    from ragapp.retrieval.selectors import search_query, search_session_configure, search_statement
-    from ragapp.tuning.evaluation import RANKING_DEPTH
+    document_of = dict(Chunk.objects.filter(collection=collection).values_list("pk", "document_id"))
 
-    template = {"template": EXACT_SQL} if exact else {}
-    statement = search_statement(parsed=search_query(query), collection=collection, reader=None, embedding=None,
-                                 k=RANKING_DEPTH, limit=2 * RANKING_DEPTH, mode="fulltext", **template)
-    if statement is None:
-        return []
-    with transaction.atomic(), connection.cursor() as cursor:
-        search_session_configure(cursor, k=RANKING_DEPTH, collection=collection)
-        cursor.execute(*statement)
-        return [row[0] for row in cursor.fetchall()]
+    def rank(*, query: str, collection, depth: int) -> list[int]:
+        chunk_ids = search_ids(collection, query, None, mode="fulltext", k=depth, limit=2 * depth, template=EXACT_SQL)
+        return ranked_documents((document_of[chunk_id] for chunk_id in chunk_ids), depth=depth)
+
+    return rank
 
 
 def _figures(dataset, collection, rankings: dict, seconds: dict) -> dict:
     from ragapp.documents.models import Document
-    from ragapp.tuning.evaluation import rankings_score
+    from ragapp.tuning.evaluation import RANKING_DEPTH, ranking_run, rankings_score
 
-    external_id = dict(Document.objects.filter(collection=collection).values_list("pk", "external_id"))
+    corpus_ids = dict(Document.objects.filter(collection=collection).values_list("pk", "external_id"))
     measures = {}
     for name, by_query in rankings.items():
-        # Scores only carry the order, as in evaluation: the first document gets the highest.
-        run = {query_id: {external_id[document]: float(len(ranking) - position)
-                          for position, document in enumerate(ranking)}
+        run = {query_id: ranking_run(ranking, corpus_ids=corpus_ids, depth=RANKING_DEPTH)
                for query_id, ranking in by_query.items()}
         measures[name] = {key: round(value, 4) for key, value in rankings_score(qrels=dataset.qrels, run=run).items()}
         measures[name].update(latency_summary(seconds[name]))

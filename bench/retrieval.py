@@ -463,16 +463,18 @@ def search_series(collection, query_texts, query_vectors, *, modes: tuple[str, .
     return series
 
 
-def search_ids(collection, query_text: str, query_vector, *, mode: str, k: int, template=None) -> list[int]:
+def search_ids(collection, query_text: str, query_vector, *, mode: str, k: int, limit: int | None = None,
+               template=None) -> list[int]:
     from django.db import connection, transaction
 
     from ragapp.retrieval.selectors import chunk_search, search_session_configure, search_query, search_statement
 
     if template is None:
-        candidates = chunk_search(query=query_text, collection=collection, reader=None, k=k, mode=mode, embedding=query_vector)
+        candidates = chunk_search(query=query_text, collection=collection, reader=None, k=k, limit=limit, mode=mode,
+                                  embedding=query_vector)
         return [candidate.chunk.pk for candidate in candidates]
     statement = search_statement(parsed=search_query(query_text), collection=collection, reader=None,
-                                 embedding=query_vector, k=k, limit=k, mode=mode, template=template)
+                                 embedding=query_vector, k=k, limit=limit or k, mode=mode, template=template)
     with transaction.atomic(), connection.cursor() as cursor:
         search_session_configure(cursor, k=k, collection=collection)
         cursor.execute(*statement)

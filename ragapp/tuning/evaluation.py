@@ -445,12 +445,16 @@ def _mode_evaluate(mode: str, ranker: Ranker, dataset: BeirDataset, collection: 
         started = time.perf_counter()
         ranking = ranker(query=text, collection=collection, depth=depth)
         seconds += time.perf_counter() - started
-        # Scores only carry the order: the first document gets the highest.
-        run[query_id] = {corpus_ids[document_id]: float(depth - position) for position, document_id in enumerate(ranking)}
+        run[query_id] = ranking_run(ranking, corpus_ids=corpus_ids, depth=depth)
     return ModeResult(
         metrics=rankings_score(qrels=dataset.qrels, run=run), queries=len(dataset.queries),
         ms_per_query=1000 * seconds / len(dataset.queries),
     )
+
+
+def ranking_run(ranking: list[int], *, corpus_ids: dict[int, str], depth: int) -> dict[str, float]:
+    """One query's ranked documents as ir-measures reads them: scores only carry the order, the first gets the highest."""
+    return {corpus_ids[document_id]: float(depth - position) for position, document_id in enumerate(ranking)}
 
 
 def rankings_score(*, qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
